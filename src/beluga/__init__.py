@@ -1,0 +1,1 @@
+"""beluga: a reproducible, fast CIFAR-10 training pipeline built on DVC."""

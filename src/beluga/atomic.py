@@ -1,0 +1,45 @@
+"""Write every output to a temporary file and rename it into place.
+
+A stage killed half-way then leaves the previous good output, never a
+truncated one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it over `path` on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_with(path: str | Path, writer: Callable[[Path], Any]) -> None:
+    """Call `writer(tmp_path)` and rename the result into place."""
+    with atomic_path(path) as tmp:
+        writer(tmp)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    write_with(path, lambda tmp: tmp.write_text(text))
+
+
+def write_json(path: str | Path, data: dict) -> None:
+    write_text(path, json.dumps(data, indent=2) + "\n")

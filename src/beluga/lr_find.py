@@ -1,0 +1,111 @@
+"""LR range test with torch-lr-finder, and rules that turn its curve into one max_lr."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from torch import nn
+from torch_lr_finder import LRFinder, TrainDataLoaderIter
+
+from .loader import DeviceLoader
+from .optim import make_criterion, make_optimizer
+from .params import LRFindParams, OptimizerParams
+from .runtime import Runtime
+
+
+class LRFindError(RuntimeError):
+    """The range test gave no usable curve."""
+
+
+class _DeviceBatches(TrainDataLoaderIter):
+    """Feeds torch-lr-finder from the device-resident loader, restarting it when it runs out."""
+
+    def inputs_labels_from_batch(self, batch_data):
+        return batch_data
+
+
+@dataclass(frozen=True)
+class Curve:
+    lrs: np.ndarray
+    losses: np.ndarray  # smoothed, as torch-lr-finder records them
+
+
+def run_range_test(
+    model: nn.Module,
+    loader: DeviceLoader,
+    runtime: Runtime,
+    optimizer_params: OptimizerParams,
+    label_smoothing: float,
+    params: LRFindParams,
+) -> Curve:
+    """Sweep the LR from start_lr to end_lr, one batch per step, and record the loss.
+
+    The model and optimizer are restored to their initial state afterwards.
+    """
+    optimizer = make_optimizer(model, optimizer_params, params.start_lr)
+    dtype = runtime.autocast_dtype
+    finder = LRFinder(
+        model,
+        optimizer,
+        make_criterion(label_smoothing),
+        device=runtime.device,
+        amp_backend="torch" if dtype else None,
+        amp_config={"device_type": runtime.device.type, "dtype": dtype} if dtype else None,
+        grad_scaler=runtime.grad_scaler() if dtype else None,
+    )
+    finder.range_test(
+        _DeviceBatches(loader),
+        start_lr=params.start_lr,
+        end_lr=params.end_lr,
+        num_iter=params.num_iter,
+        step_mode=params.step_mode,
+        smooth_f=params.smooth_f,
+        diverge_th=params.diverge_th,
+    )
+    finder.reset()
+    return Curve(np.asarray(finder.history["lr"]), np.asarray(finder.history["loss"]))
+
+
+def usable(curve: Curve) -> Curve:
+    """The curve up to (not including) its first NaN or infinite loss."""
+    bad = np.flatnonzero(~np.isfinite(curve.losses))
+    end = bad[0] if bad.size else len(curve.losses)
+    return Curve(curve.lrs[:end], curve.losses[:end])
+
+
+def steepest(losses: np.ndarray) -> int:
+    """torch-lr-finder's rule: the point where the loss falls fastest."""
+    return int(np.gradient(losses).argmin())
+
+
+def valley(losses: np.ndarray) -> int:
+    """fastai's rule: part-way down the longest stretch over which the loss keeps falling."""
+    n = len(losses)
+    run = [1] * n
+    start = end = 0
+    for i in range(1, n):
+        for j in range(i):
+            if losses[i] < losses[j] and run[i] < run[j] + 1:
+                run[i] = run[j] + 1
+        if run[end] < run[i]:
+            end = i
+            start = end - run[end]
+    third = (end - start) / 3
+    return start + int(third) + int(third / 2)
+
+
+RULES = {"steepest": steepest, "valley": valley}
+
+
+def suggest(curve: Curve, params: LRFindParams) -> dict[str, float]:
+    """Each rule's suggested LR on the finite, trimmed curve."""
+    finite = usable(curve)
+    lrs = finite.lrs[params.skip_start : len(finite.lrs) - params.skip_end]
+    losses = finite.losses[params.skip_start : len(finite.losses) - params.skip_end]
+    if len(losses) < 2:
+        raise LRFindError(
+            f"LR range test: only {len(finite.losses)} finite losses of {len(curve.losses)}; "
+            "lower lr_find.end_lr or lr_find.start_lr"
+        )
+    return {name: float(lrs[rule(losses)]) for name, rule in RULES.items()}

@@ -1,0 +1,183 @@
+"""The training loop: OneCycleLR, per-epoch test, atomic checkpoints, resume.
+
+Read it top to bottom: `fit` builds the optimizer and schedule, restores a
+checkpoint if one matches these params, then runs epochs.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .atomic import write_with
+from .evaluate import predict
+from .loader import DeviceLoader
+from .optim import make_criterion, make_optimizer
+from .params import OptimizerParams, TrainParams
+from .runtime import Runtime
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss); the message names where."""
+
+
+class Interrupted(RuntimeError):
+    """SIGINT or SIGTERM arrived; the last finished epoch is checkpointed."""
+
+
+class _StopFlag:
+    """Turns SIGINT/SIGTERM into a flag checked between batches, so no write is cut short."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __enter__(self) -> _StopFlag:
+        self._old = {s: signal.signal(s, self._set) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def _set(self, signum: int, frame: object) -> None:
+        self.signum = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
+
+
+def _rng_state(runtime: Runtime) -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if runtime.device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(runtime.device)
+    return state
+
+
+def _set_rng_state(state: dict, runtime: Runtime) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], runtime.device)
+
+
+def fit(
+    model: nn.Module,
+    train_loader: DeviceLoader,
+    test_loader: DeviceLoader,
+    runtime: Runtime,
+    params: TrainParams,
+    optimizer_params: OptimizerParams,
+    max_lr: float,
+    checkpoint: Path,
+    fingerprint: str,
+) -> list[dict]:
+    """Train for params.epochs and return one row of history per epoch.
+
+    After every epoch the whole state goes to `checkpoint`; a later call with
+    the same `fingerprint` (a digest of everything that shapes the run)
+    resumes there, and gives the same result as an uninterrupted run.
+    """
+    optimizer = make_optimizer(model, optimizer_params, max_lr)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=max_lr,
+        epochs=params.epochs,
+        steps_per_epoch=len(train_loader),
+        pct_start=params.pct_start,
+        div_factor=params.div_factor,
+        final_div_factor=params.final_div_factor,
+        anneal_strategy=params.anneal_strategy,
+    )
+    scaler = runtime.grad_scaler()
+    criterion = make_criterion(params.label_smoothing)
+    step_model = torch.compile(model) if params.compile else model
+    history: list[dict] = []
+
+    if checkpoint.exists():
+        state = torch.load(checkpoint, map_location=runtime.device, weights_only=False)
+        if state["fingerprint"] == fingerprint:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            train_loader.load_state_dict(state["loader"])
+            _set_rng_state(state["rng"], runtime)
+            history = state["history"]
+            print(f"Resuming from {checkpoint} after epoch {len(history)}")
+        else:
+            print(f"Ignoring {checkpoint}: it belongs to other params or data; starting afresh")
+
+    with _StopFlag() as stop:
+        for epoch in range(len(history) + 1, params.epochs + 1):
+            start = time.perf_counter()
+            model.train()
+            loss_sum = torch.zeros((), device=runtime.device)
+            correct = torch.zeros((), device=runtime.device, dtype=torch.long)
+            seen = 0
+            bar = tqdm(train_loader, total=len(train_loader), dynamic_ncols=True)
+            for batch_id, (x, y) in enumerate(bar):
+                with runtime.autocast():
+                    logits = step_model(x)
+                    loss = criterion(logits, y)
+                lr = scheduler.get_last_lr()[0]
+                if not math.isfinite(loss_value := loss.item()):
+                    raise TrainingError(
+                        f"training loss is {loss_value} at epoch {epoch}, batch {batch_id}, "
+                        f"lr {lr:.4g}; lower train.max_lr or use train.precision=fp32"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                loss_sum += loss.detach() * len(y)
+                correct += (logits.argmax(1) == y).sum()
+                seen += len(y)
+                bar.set_description(
+                    f"Train: Loss={loss_value:.4f} Batch_id={batch_id} "
+                    f"Accuracy={100 * correct.item() / seen:.2f}"
+                )
+                if stop.signum is not None:
+                    raise Interrupted(
+                        f"stopped by signal {stop.signum} in epoch {epoch}; "
+                        f"{len(history)} epochs are checkpointed, rerun to resume"
+                    )
+            seconds = time.perf_counter() - start
+            logits = predict(model, test_loader, runtime)
+            test_loss = nn.functional.cross_entropy(logits, test_loader.labels).item()
+            test_correct = int((logits.argmax(1) == test_loader.labels).sum())
+            total = len(test_loader.labels)
+            print(
+                f"Test set: Average loss: {test_loss:.4f}, "
+                f"Accuracy: {test_correct}/{total} ({100 * test_correct / total:.2f}%)"
+            )
+            history.append(
+                {
+                    "epoch": epoch,
+                    "train_loss": loss_sum.item() / seen,
+                    "train_accuracy": correct.item() / seen,
+                    "test_loss": test_loss,
+                    "test_accuracy": test_correct / total,
+                    "lr": lr,
+                    "seconds": seconds,
+                }
+            )
+            state = {
+                "fingerprint": fingerprint,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "loader": train_loader.state_dict(),
+                "rng": _rng_state(runtime),
+                "history": history,
+            }
+            write_with(checkpoint, lambda tmp, state=state: torch.save(state, tmp))
+            if stop.signum is not None:
+                raise Interrupted(
+                    f"stopped by signal {stop.signum} after epoch {epoch}, which is "
+                    "checkpointed; rerun to resume"
+                )
+    return history
