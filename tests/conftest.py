@@ -1,0 +1,141 @@
+"""Tiny CIFAR-10 look-alikes written in the official formats, and a scratch copy of the project."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from beluga.data import CLASSES
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_JPEG = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+PROJECT_FILES = ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "stages", "src", ".dvc")
+
+
+def tiny_split(per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Images whose colour depends on the class, so a model can learn something."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(len(CLASSES)), per_class)
+    rng.shuffle(labels)
+    base = (np.arange(len(CLASSES))[:, None] * np.array([25, 60, 95])) % 256
+    noise = rng.integers(-30, 30, (len(labels), 32, 32, 3))
+    images = np.clip(base[labels][:, None, None, :] + noise, 0, 255).astype(np.uint8)
+    return images, labels
+
+
+def write_official_archive(path: Path, train_per_class: int = 5, test_per_class: int = 2) -> str:
+    """A cifar-10-python.tar.gz of pickled batches; returns its md5."""
+    train_x, train_y = tiny_split(train_per_class, 0)
+    test_x, test_y = tiny_split(test_per_class, 1)
+    batches = {}
+    for i, (x, y) in enumerate(zip(np.array_split(train_x, 5), np.array_split(train_y, 5)), 1):
+        batches[f"data_batch_{i}"] = (x, y)
+    batches["test_batch"] = (test_x, test_y)
+    with tarfile.open(path, "w:gz") as archive:
+        for name, (x, y) in batches.items():
+            blob = pickle.dumps(
+                {"data": x.transpose(0, 3, 1, 2).reshape(len(x), -1), "labels": y.tolist()}
+            )
+            add_bytes(archive, f"cifar-10-batches-py/{name}", blob)
+        add_bytes(
+            archive, "cifar-10-batches-py/batches.meta", pickle.dumps({"label_names": CLASSES})
+        )
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def add_bytes(archive: tarfile.TarFile, name: str, blob: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(blob)
+    archive.addfile(info, io.BytesIO(blob))
+
+
+def write_class_folders(root: Path, train_per_class: int = 5, test_per_class: int = 2) -> None:
+    """train/<class>/NNNN.png and test/<class>/NNNN.png, the same images as the archive."""
+    for split, (x, y) in (
+        ("train", tiny_split(train_per_class, 0)),
+        ("test", tiny_split(test_per_class, 1)),
+    ):
+        counters = dict.fromkeys(range(len(CLASSES)), 0)
+        for image, label in zip(x, y):
+            folder = root / split / CLASSES[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(folder / f"{counters[label]:04d}.png")
+            counters[label] += 1
+
+
+def tool_env() -> dict[str, str]:
+    """Environment in which `dvc` and `python` are this interpreter's."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env.update(
+        DVC_NO_ANALYTICS="1",
+        GIT_AUTHOR_NAME="beluga tests",
+        GIT_AUTHOR_EMAIL="tests@beluga.invalid",
+        GIT_COMMITTER_NAME="beluga tests",
+        GIT_COMMITTER_EMAIL="tests@beluga.invalid",
+        TQDM_DISABLE="1",
+    )
+    return env
+
+
+def sh(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, cwd=cwd, env=tool_env(), capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+TINY_PARAMS = {
+    "data": {"train_per_class": None, "test_per_class": None},
+    "lr_find": {"num_iter": 20, "skip_start": 2, "skip_end": 2},
+    "train": {"epochs": 1, "batch_size": 16},
+    "evaluate": {"batch_size": 64, "misclassified": 6},
+}
+
+
+def set_params(project: Path, **sections: dict) -> None:
+    path = project / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for section, values in sections.items():
+        params[section].update(values)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A git repository holding a copy of the pipeline, pointed at a tiny official archive."""
+    repo = tmp_path / "project"
+    repo.mkdir()
+    for name in PROJECT_FILES:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(
+                source, repo / name, ignore=shutil.ignore_patterns("__pycache__", "tmp", "cache")
+            )
+        else:
+            shutil.copy2(source, repo / name)
+    md5 = write_official_archive(tmp_path / "cifar-10-python.tar.gz")
+    set_params(
+        repo,
+        **{
+            **TINY_PARAMS,
+            "data": {**TINY_PARAMS["data"], "source": str(tmp_path / "cifar-10-python.tar.gz"),
+                     "md5": md5},
+        },
+    )  # fmt: skip
+    sh("git", "init", "-q", cwd=repo)
+    sh("git", "add", "-A", cwd=repo)
+    sh("git", "commit", "-qm", "pipeline", cwd=repo)
+    return repo

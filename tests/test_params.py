@@ -1,0 +1,55 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from beluga.params import ParamsError, load_params, parse_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_project_params_file_is_valid():
+    params = load_params(ROOT / "params.yaml")
+    assert params.train.epochs == 24 and params.train.batch_size == 512
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"train": {"epoch": 3}}, "train.epoch: unknown key"),
+        ({"train": {"epochs": "many"}}, "train.epochs: Input should be a valid integer"),
+        ({"train": {"epochs": 0}}, "train.epochs: Input should be greater than 0"),
+        ({"train": {"batch_size": -1}}, "train.batch_size: Input should be greater than 0"),
+        ({"train": {"max_lr": 0}}, "train.max_lr: Input should be greater than 0"),
+        ({"train": {"pct_start": 1.0}}, "train.pct_start: Input should be less than 1"),
+        ({"augment": {"cutout_size": 33}}, "augment.cutout_size: Input should be less than or"),
+        ({"train": {"precision": "fp8"}}, "train.precision: Input should be 'auto', 'fp32'"),
+        ({"lr_find": {"start_lr": 1, "end_lr": 0.5}}, "lr_find: end_lr must be greater"),
+        ({"data": {"md5": "xyz"}}, "data.md5: String should match pattern"),
+        ({"colour": 1}, "colour: unknown key"),
+    ],
+)
+def test_bad_values_name_the_key_in_one_line(raw, message):
+    with pytest.raises(ParamsError) as error:
+        parse_params(raw)
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_stage_refuses_bad_params_before_any_work(tmp_path: Path):
+    import subprocess
+    import sys
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["train"]["epoch"] = 3
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "stages" / "download.py")],
+        cwd=tmp_path, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "error: params.yaml: train.epoch: unknown key "
+        "(check its spelling against params.yaml's documented keys)"
+    )
+    assert not (tmp_path / "data").exists()

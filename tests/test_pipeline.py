@@ -1,0 +1,96 @@
+"""End to end with the real tools: dvc repro, dvc exp run, git, on a tiny official archive."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+from conftest import set_params, sh
+
+OUTPUTS = [
+    "data/cifar10.npz", "models/model.pt",
+    "metrics/lr_find.json", "metrics/train.json", "metrics/eval.json", "metrics/per_class.json",
+    "plots/lr_find.csv", "plots/history.csv", "plots/confusion.csv",
+    "plots/lr_find.png", "plots/accuracy_curve.png", "plots/misclassified.png",
+    "plots/per_class_accuracy.png", "plots/confusion_matrix.png", "plots/model_summary.txt",
+]  # fmt: skip
+
+
+def _json(project: Path, name: str) -> dict:
+    return json.loads((project / name).read_text())
+
+
+def test_repro_runs_every_stage_then_nothing(project: Path):
+    result = sh("dvc", "repro", cwd=project)
+    for stage in ("download", "lr_find", "train", "evaluate", "report"):
+        assert f"Running stage '{stage}'" in result.stdout
+    for name in OUTPUTS:
+        assert (project / name).stat().st_size > 0, name
+    for name in OUTPUTS:
+        if name.endswith(".png"):
+            assert (project / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+
+    lr = _json(project, "metrics/lr_find.json")
+    assert lr["suggested_lr"] == lr["valley_lr"] and 1e-4 <= lr["suggested_lr"] <= 10
+    assert lr["num_iter"] == 20 and lr["suggestion"] == "valley"
+    train = _json(project, "metrics/train.json")
+    assert train["epochs"] == 1 and 0 <= train["final_test_accuracy"] <= 1
+    assert train["max_lr"] == lr["suggested_lr"]
+    evaluation = _json(project, "metrics/eval.json")
+    assert evaluation["total"] == 20 and evaluation["correct"] == round(20 * evaluation["accuracy"])
+    per_class = _json(project, "metrics/per_class.json")
+    assert list(per_class) == ["airplane", "automobile", "bird", "cat", "deer",
+                               "dog", "frog", "horse", "ship", "truck"]  # fmt: skip
+    confusion = pd.read_csv(project / "plots/confusion.csv")
+    assert len(confusion) == 20 and set(confusion.columns) >= {"actual", "predicted"}
+    assert (confusion.actual == confusion.predicted).mean() == evaluation["accuracy"]
+    history = pd.read_csv(project / "plots/history.csv")
+    assert list(history.columns) == ["epoch", "train_loss", "train_accuracy", "test_loss",
+                                     "test_accuracy", "lr"]  # fmt: skip
+    assert "Total params: 6,573,130" in (project / "plots/model_summary.txt").read_text()
+    assert not (project / "checkpoints/train.pt").exists()
+
+    again = sh("dvc", "repro", cwd=project)
+    assert "Running stage" not in again.stdout
+    assert "Data and pipelines are up to date" in again.stdout
+
+    shown = sh("dvc", "metrics", "show", "--json", cwd=project)
+    assert "final_test_accuracy" in shown.stdout and "suggested_lr" in shown.stdout
+
+
+def test_experiment_and_metrics_diff_between_commits(project: Path):
+    sh("dvc", "repro", cwd=project)
+    sh("git", "add", "-A", cwd=project)
+    sh("git", "commit", "-qm", "one epoch", cwd=project)
+    before = _json(project, "metrics/train.json")
+    loss_before = _json(project, "metrics/eval.json")["loss"]
+
+    sh("dvc", "exp", "run", "-S", "train.epochs=2", cwd=project)
+    after = _json(project, "metrics/train.json")
+    assert after["epochs"] == 2 and before["epochs"] == 1
+    assert _json(project, "metrics/eval.json")["loss"] != loss_before
+    shown = sh("dvc", "exp", "show", "--json", cwd=project)
+    assert '"train.epochs": 2' in shown.stdout or '"epochs": 2' in shown.stdout
+
+    sh("git", "add", "-A", cwd=project)
+    sh("git", "commit", "-qm", "two epochs", cwd=project)
+    diff = sh("dvc", "metrics", "diff", "HEAD~1", "--json", cwd=project)
+    changes = json.loads(diff.stdout)
+    assert changes["metrics/train.json"]["epochs"] == {"old": 1, "new": 2, "diff": 1}
+    params = sh("dvc", "params", "diff", "HEAD~1", "--json", cwd=project)
+    assert json.loads(params.stdout)["params.yaml"]["train.epochs"]["new"] == 2
+
+    page = sh("dvc", "plots", "show", "--json", cwd=project)
+    assert "LR range test" in page.stdout
+    sh("dvc", "plots", "show", "-o", "page", cwd=project)
+    html = (project / "page" / "index.html").read_text()
+    assert "Confusion matrix" in html and '"scale": {"type": "log"}' in html.replace("\n", "")
+
+
+def test_changed_params_rerun_only_downstream_stages(project: Path):
+    sh("dvc", "repro", cwd=project)
+    set_params(project, evaluate={"tta_flip": False})
+    result = sh("dvc", "repro", cwd=project)
+    ran = [s for s in ("download", "lr_find", "train", "evaluate", "report")
+           if f"Running stage '{s}'" in result.stdout]  # fmt: skip
+    assert ran == ["evaluate", "report"] or ran == ["evaluate"]
+    assert _json(project, "metrics/eval.json")["tta_flip"] is False
