@@ -30,7 +30,7 @@ def main() -> None:
         cifar.test.images, cifar.test.labels, params.evaluate.batch_size, runtime.device,
         channels_last=runtime.channels_last,
     )  # fmt: skip
-    logits = predict(model, loader, runtime, tta_flip=params.evaluate.tta_flip)
+    logits = predict(model, loader, runtime, tta=params.evaluate.tta)
     labels = loader.labels
     confidence, predicted = F.softmax(logits, dim=1).max(dim=1)
     correct = int((predicted == labels).sum())
@@ -51,7 +51,7 @@ def main() -> None:
             "loss": round(F.cross_entropy(logits, labels).item(), 6),
             "correct": correct,
             "total": total,
-            "tta_flip": params.evaluate.tta_flip,
+            "tta": params.evaluate.tta,
         },
     )
     print(f"Test set: Accuracy: {correct}/{total} ({100 * correct / total:.2f}%)")

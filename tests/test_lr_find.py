@@ -3,7 +3,16 @@ import pytest
 import torch
 
 from beluga.loader import DeviceLoader
-from beluga.lr_find import Curve, LRFindError, run_range_test, steepest, suggest, usable, valley
+from beluga.lr_find import (
+    Curve,
+    LRFindError,
+    minimum,
+    run_range_test,
+    steepest,
+    suggest,
+    usable,
+    valley,
+)
 from beluga.model import ResNet9
 from beluga.params import AugmentParams, LRFindParams, OptimizerParams
 from beluga.runtime import resolve
@@ -53,3 +62,11 @@ def test_range_test_records_rising_lrs_and_restores_the_model():
     assert curve.lrs[0] == pytest.approx(1e-3) and np.all(np.diff(curve.lrs) > 0)
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_minimum_ignores_a_second_dip_after_the_loss_has_climbed():
+    losses = np.concatenate(
+        [np.linspace(2.3, 1.8, 30), np.linspace(1.8, 2.1, 10), np.linspace(2.1, 1.5, 20)]
+    )
+    assert minimum(losses, 0.05) == 29
+    assert int(np.argmin(losses)) == 59  # what a plain argmin would pick

@@ -30,8 +30,8 @@ def test_repro_runs_every_stage_then_nothing(project: Path):
             assert (project / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 
     lr = _json(project, "metrics/lr_find.json")
-    assert lr["suggested_lr"] == lr["valley_lr"] and 1e-4 <= lr["suggested_lr"] <= 10
-    assert lr["num_iter"] == 20 and lr["suggestion"] == "valley"
+    assert lr["suggested_lr"] == lr["minimum_lr"] and 1e-4 <= lr["suggested_lr"] <= 10
+    assert lr["num_iter"] == 20 and lr["suggestion"] == "minimum"
     train = _json(project, "metrics/train.json")
     assert train["epochs"] == 1 and 0 <= train["final_test_accuracy"] <= 1
     assert train["max_lr"] == lr["suggested_lr"]
@@ -88,9 +88,9 @@ def test_experiment_and_metrics_diff_between_commits(project: Path):
 
 def test_changed_params_rerun_only_downstream_stages(project: Path):
     sh("dvc", "repro", cwd=project)
-    set_params(project, evaluate={"tta_flip": False})
+    set_params(project, evaluate={"tta": "none"})
     result = sh("dvc", "repro", cwd=project)
     ran = [s for s in ("download", "lr_find", "train", "evaluate", "report")
            if f"Running stage '{s}'" in result.stdout]  # fmt: skip
     assert ran == ["evaluate", "report"] or ran == ["evaluate"]
-    assert _json(project, "metrics/eval.json")["tta_flip"] is False
+    assert _json(project, "metrics/eval.json")["tta"] == "none"

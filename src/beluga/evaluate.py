@@ -1,29 +1,46 @@
-"""Predictions over a whole split in large batches, optionally averaged with mirrored images."""
+"""Predictions over a whole split in large batches, with optional test-time augmentation."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .loader import DeviceLoader
 from .runtime import Runtime
 
 
+def _mirror(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return (model(x).float() + model(x.flip(3)).float()) / 2
+
+
+def _mirror_shift(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """airbench's test-time augmentation: mirror, plus mirror at one-pixel diagonal shifts."""
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    shifted = (_mirror(model, padded[..., :-2, :-2]) + _mirror(model, padded[..., 2:, 2:])) / 2
+    return (_mirror(model, x) + shifted) / 2
+
+
+TTA = {
+    "none": lambda model, x: model(x).float(),
+    "flip": _mirror,
+    "flip_shift": _mirror_shift,
+}
+
+
 @torch.inference_mode()
 def predict(
-    model: nn.Module, loader: DeviceLoader, runtime: Runtime, tta_flip: bool = False
+    model: nn.Module, loader: DeviceLoader, runtime: Runtime, tta: str = "none"
 ) -> torch.Tensor:
     """Float32 logits for every image of `loader`, in order.
 
-    With `tta_flip`, the logits of each image and its mirror image are averaged
-    (test-time augmentation).
+    `tta` averages the logits over augmented views of each image: "flip" with
+    its mirror image, "flip_shift" also with mirrored one-pixel shifts.
     """
     model.eval()
+    views = TTA[tta]
     out = []
     for x, _ in loader:
         with runtime.autocast():
-            logits = model(x).float()
-            if tta_flip:
-                logits = (logits + model(x.flip(3)).float()) / 2
-        out.append(logits)
+            out.append(views(model, x))
     return torch.cat(out)

@@ -95,7 +95,16 @@ def valley(losses: np.ndarray) -> int:
     return start + int(third) + int(third / 2)
 
 
-RULES = {"steepest": steepest, "valley": valley}
+def minimum(losses: np.ndarray, min_rise: float) -> int:
+    """Leslie Smith's rule: the lowest loss before the curve first climbs `min_rise` above it.
+
+    Looking only up to that first climb keeps a late second dip (weights growing
+    under a huge LR, which BatchNorm hides) from winning.
+    """
+    low = np.minimum.accumulate(losses)
+    risen = np.flatnonzero(losses > low * (1 + min_rise))
+    end = risen[0] if risen.size else len(losses)
+    return int(np.argmin(losses[:end]))
 
 
 def suggest(curve: Curve, params: LRFindParams) -> dict[str, float]:
@@ -108,4 +117,9 @@ def suggest(curve: Curve, params: LRFindParams) -> dict[str, float]:
             f"LR range test: only {len(finite.losses)} finite losses of {len(curve.losses)}; "
             "lower lr_find.end_lr or lr_find.start_lr"
         )
-    return {name: float(lrs[rule(losses)]) for name, rule in RULES.items()}
+    picks = {
+        "steepest": steepest(losses),
+        "valley": valley(losses),
+        "minimum": minimum(losses, params.min_rise),
+    }
+    return {name: float(lrs[index]) for name, index in picks.items()}

@@ -53,7 +53,8 @@ class LRFindParams(_Section):
     diverge_th: float = Field(5.0, gt=1)
     skip_start: int = Field(10, ge=0)
     skip_end: int = Field(5, ge=0)
-    suggestion: Literal["steepest", "valley"] = "valley"
+    suggestion: Literal["steepest", "valley", "minimum"] = "minimum"
+    min_rise: float = Field(0.05, gt=0)
 
     @model_validator(mode="after")
     def _check_range(self) -> LRFindParams:
@@ -87,7 +88,7 @@ class AugmentParams(_Section):
 
 class EvaluateParams(_Section):
     batch_size: int = Field(1024, gt=0)
-    tta_flip: bool = True
+    tta: Literal["none", "flip", "flip_shift"] = "flip"
     misclassified: int = Field(25, ge=1, le=100)
 
 
