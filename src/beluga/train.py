@@ -62,6 +62,53 @@ def _set_rng_state(state: dict, runtime: Runtime) -> None:
         torch.cuda.set_rng_state(state["cuda"], runtime.device)
 
 
+def train_epoch(
+    model: nn.Module,
+    loader: DeviceLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    criterion: nn.Module,
+    runtime: Runtime,
+    epoch: int,
+    stop: _StopFlag | None = None,
+) -> dict:
+    """One pass over `loader`, one optimizer and scheduler step per batch, with a tqdm bar."""
+    model.train()
+    loss_sum = torch.zeros((), device=runtime.device)
+    correct = torch.zeros((), device=runtime.device, dtype=torch.long)
+    seen = 0
+    bar = tqdm(loader, total=len(loader), dynamic_ncols=True)
+    for batch_id, (x, y) in enumerate(bar):
+        with runtime.autocast():
+            logits = model(x)
+            loss = criterion(logits, y)
+        lr = scheduler.get_last_lr()[0]
+        if not math.isfinite(loss_value := loss.item()):
+            raise TrainingError(
+                f"training loss is {loss_value} at epoch {epoch}, batch {batch_id}, "
+                f"lr {lr:.4g}; lower train.max_lr or use train.precision=fp32"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        loss_sum += loss.detach() * len(y)
+        correct += (logits.argmax(1) == y).sum()
+        seen += len(y)
+        bar.set_description(
+            f"Train: Loss={loss_value:.4f} Batch_id={batch_id} "
+            f"Accuracy={100 * correct.item() / seen:.2f}"
+        )
+        if stop is not None and stop.signum is not None:
+            raise Interrupted(
+                f"stopped by signal {stop.signum} in epoch {epoch}; "
+                f"the epochs before it are checkpointed, rerun to resume"
+            )
+    return {"train_loss": loss_sum.item() / seen, "train_accuracy": correct.item() / seen, "lr": lr}
+
+
 def fit(
     model: nn.Module,
     train_loader: DeviceLoader,
@@ -112,38 +159,10 @@ def fit(
     with _StopFlag() as stop:
         for epoch in range(len(history) + 1, params.epochs + 1):
             start = time.perf_counter()
-            model.train()
-            loss_sum = torch.zeros((), device=runtime.device)
-            correct = torch.zeros((), device=runtime.device, dtype=torch.long)
-            seen = 0
-            bar = tqdm(train_loader, total=len(train_loader), dynamic_ncols=True)
-            for batch_id, (x, y) in enumerate(bar):
-                with runtime.autocast():
-                    logits = step_model(x)
-                    loss = criterion(logits, y)
-                lr = scheduler.get_last_lr()[0]
-                if not math.isfinite(loss_value := loss.item()):
-                    raise TrainingError(
-                        f"training loss is {loss_value} at epoch {epoch}, batch {batch_id}, "
-                        f"lr {lr:.4g}; lower train.max_lr or use train.precision=fp32"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                loss_sum += loss.detach() * len(y)
-                correct += (logits.argmax(1) == y).sum()
-                seen += len(y)
-                bar.set_description(
-                    f"Train: Loss={loss_value:.4f} Batch_id={batch_id} "
-                    f"Accuracy={100 * correct.item() / seen:.2f}"
-                )
-                if stop.signum is not None:
-                    raise Interrupted(
-                        f"stopped by signal {stop.signum} in epoch {epoch}; "
-                        f"{len(history)} epochs are checkpointed, rerun to resume"
-                    )
+            row = train_epoch(
+                step_model, train_loader, optimizer, scheduler, scaler, criterion, runtime,
+                epoch, stop,
+            )  # fmt: skip
             seconds = time.perf_counter() - start
             logits = predict(model, test_loader, runtime)
             test_loss = nn.functional.cross_entropy(logits, test_loader.labels).item()
@@ -156,11 +175,11 @@ def fit(
             history.append(
                 {
                     "epoch": epoch,
-                    "train_loss": loss_sum.item() / seen,
-                    "train_accuracy": correct.item() / seen,
+                    "train_loss": row["train_loss"],
+                    "train_accuracy": row["train_accuracy"],
                     "test_loss": test_loss,
                     "test_accuracy": test_correct / total,
-                    "lr": lr,
+                    "lr": row["lr"],
                     "seconds": seconds,
                 }
             )
