@@ -88,7 +88,7 @@ class AugmentParams(_Section):
 
 class EvaluateParams(_Section):
     batch_size: int = Field(1024, gt=0)
-    tta: Literal["none", "flip", "flip_shift"] = "flip"
+    tta: Literal["none", "flip", "flip_shift"] = "flip_shift"
     misclassified: int = Field(25, ge=1, le=100)
 
 
