@@ -113,11 +113,10 @@ def set_params(project: Path, **sections: dict) -> None:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    """A git repository holding a copy of the pipeline, pointed at a tiny official archive."""
-    repo = tmp_path / "project"
-    repo.mkdir()
+def make_project(root: Path, **params: dict) -> Path:
+    """A git repository at root/project: the pipeline, on a tiny official archive."""
+    repo = root / "project"
+    repo.mkdir(parents=True)
     for name in PROJECT_FILES:
         source = ROOT / name
         if source.is_dir():
@@ -126,16 +125,17 @@ def project(tmp_path: Path) -> Path:
             )
         else:
             shutil.copy2(source, repo / name)
-    md5 = write_official_archive(tmp_path / "cifar-10-python.tar.gz")
-    set_params(
-        repo,
-        **{
-            **TINY_PARAMS,
-            "data": {**TINY_PARAMS["data"], "source": str(tmp_path / "cifar-10-python.tar.gz"),
-                     "md5": md5},
-        },
-    )  # fmt: skip
+    archive = root / "cifar-10-python.tar.gz"
+    md5 = write_official_archive(archive)
+    data = {**TINY_PARAMS["data"], "source": str(archive), "md5": md5}
+    set_params(repo, **{**TINY_PARAMS, "data": data})
+    set_params(repo, **params)
     sh("git", "init", "-q", cwd=repo)
     sh("git", "add", "-A", cwd=repo)
     sh("git", "commit", "-qm", "pipeline", cwd=repo)
     return repo
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    return make_project(tmp_path)

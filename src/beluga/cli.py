@@ -28,7 +28,7 @@ def stage(main: Callable[[], None]) -> Callable[[], None]:
             print(f"interrupted: {error}", file=sys.stderr)
             sys.exit(130)
         except EXPECTED as error:
-            print(f"error: {error}", file=sys.stderr)
+            print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
             sys.exit(1)
 
     return wrapper

@@ -92,7 +92,8 @@ def _read_files(source: Path) -> dict[str, bytes]:
             }
     except (tarfile.TarError, EOFError, OSError, zlib.error) as error:
         raise DataError(
-            f"{source}: not a readable .tar.gz archive ({error}); download it again"
+            f"{source}: not a readable .tar.gz archive ({str(error).splitlines()[0]}); "
+            "download it again"
         ) from None
 
 
@@ -129,13 +130,14 @@ def _from_batches(files: dict[str, bytes], where: Path) -> Cifar:
     )
 
 
-def _decode(name: str, blob: bytes) -> np.ndarray:
+def _decode(name: str, blob: bytes) -> tuple[np.ndarray, str]:
+    """The image as 32x32x3 uint8 RGB, and the mode it was stored in."""
     try:
         with Image.open(io.BytesIO(blob)) as image:
             image.load()
             if image.size != (32, 32):
                 raise DataError(f"{name}: image is {image.size[0]}x{image.size[1]}, not 32x32")
-            return np.asarray(image.convert("RGB"), dtype=np.uint8)
+            return np.asarray(image.convert("RGB"), dtype=np.uint8), image.mode
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise DataError(f"{name}: not a readable image ({error})") from None
 
@@ -150,6 +152,7 @@ def _from_class_folders(files: dict[str, bytes], where: Path) -> Cifar:
         if match and not match.group(3).startswith("."):
             found.setdefault((match.group(1), match.group(2)), []).append(name)
     splits = {}
+    converted: list[str] = []
     for split in ("train", "test"):
         folders = {cls for (s, cls) in found if s == split}
         unknown = sorted(folders - set(CLASSES))
@@ -163,9 +166,16 @@ def _from_class_folders(files: dict[str, bytes], where: Path) -> Cifar:
             names = sorted(found.get((split, cls), []))
             if not names:
                 raise DataError(f"{where}: class folder {split}/{cls} is missing or empty")
-            images += [_decode(n, files[n]) for n in names]
+            for name in names:
+                image, mode = _decode(name, files[name])
+                images.append(image)
+                if mode != "RGB":
+                    converted.append(name)
             labels += [label] * len(names)
         splits[split] = Split(np.stack(images), np.asarray(labels, dtype=np.int64))
+    if converted:
+        print(f"{where}: converted {len(converted)} non-RGB images (greyscale, RGBA, palette) "
+              f"to RGB, e.g. {converted[0]}")  # fmt: skip
     return Cifar(splits["train"], splits["test"])
 
 
