@@ -56,8 +56,11 @@ class DeviceLoader:
     """Shuffled (or ordered) batches of normalised float images and labels on `device`.
 
     With `augment`, each batch gets crop, flip and cutout; draws come from the
-    loader's own generator, so its `state_dict` makes an epoch repeatable after
-    a resume.
+    loader's own generators, so its `state_dict` makes an epoch repeatable after
+    a resume. Under data parallelism every rank draws the same shuffled order and
+    takes every `world_size`-th image of each global batch of `batch_size`, so
+    the ranks see disjoint images and the number of steps does not change; each
+    rank augments with a generator of its own.
     """
 
     def __init__(
@@ -70,6 +73,8 @@ class DeviceLoader:
         shuffle: bool = False,
         seed: int = 0,
         channels_last: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         self.images = torch.from_numpy(images).to(device).permute(0, 3, 1, 2)  # NCHW view of NHWC
         self.labels = torch.from_numpy(labels).to(device)
@@ -78,13 +83,19 @@ class DeviceLoader:
         self.augment = augment
         self.shuffle = shuffle
         self.channels_last = channels_last
+        self.rank, self.world_size = rank, world_size
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
+        self.augment_generator = self.generator
+        if world_size > 1:
+            self.augment_generator = torch.Generator(device=device)
+            self.augment_generator.manual_seed(seed + 1000 * (rank + 1))
         self.mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(STD, device=device).view(1, 3, 1, 1) * 255
 
     def __len__(self) -> int:
-        return -(-len(self.labels) // self.batch_size)
+        full, tail = divmod(len(self.labels), self.batch_size)
+        return full + (tail >= self.world_size)
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         return (x.float() - self.mean) / self.std
@@ -93,12 +104,12 @@ class DeviceLoader:
         x = self.images[index]
         aug = self.augment
         if aug is not None and aug.crop_padding:
-            x = random_crop(x, aug.crop_padding, self.generator)
+            x = random_crop(x, aug.crop_padding, self.augment_generator)
         x = self.normalise(x)
         if aug is not None and aug.flip:
-            x = random_flip(x, self.generator)
+            x = random_flip(x, self.augment_generator)
         if aug is not None and aug.cutout_size:
-            x = cutout(x, aug.cutout_size, self.generator)
+            x = cutout(x, aug.cutout_size, self.augment_generator)
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         return x.contiguous(memory_format=memory_format), self.labels[index]
 
@@ -109,10 +120,17 @@ class DeviceLoader:
         else:
             order = torch.arange(n, device=self.device)
         for start in range(0, n, self.batch_size):
-            yield self.batch(order[start : start + self.batch_size])
+            index = order[start : start + self.batch_size]
+            if len(index) < self.world_size:
+                break  # too few images left to give every rank one
+            yield self.batch(index[self.rank :: self.world_size])
 
     def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
+        return {
+            "generator": self.generator.get_state(),
+            "augment_generator": self.augment_generator.get_state(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
+        self.augment_generator.set_state(state["augment_generator"])

@@ -78,6 +78,16 @@ class TrainParams(_Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool = True
     compile: bool = False
+    nproc: int = Field(1, ge=1, description="processes for data-parallel training (torchrun)")
+    sync_bn: bool = False
+
+    @model_validator(mode="after")
+    def _check_split(self) -> TrainParams:
+        if self.batch_size % self.nproc:
+            raise ValueError(
+                f"batch_size {self.batch_size} must divide evenly among nproc {self.nproc} ranks"
+            )
+        return self
 
 
 class AugmentParams(_Section):

@@ -47,8 +47,11 @@ def cpu_has_bf16() -> bool:
     return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
 
 
-def resolve(device: str, precision: str, channels_last: bool) -> Runtime:
-    """Turn the params' `auto` values into a concrete device and precision."""
+def resolve(device: str, precision: str, channels_last: bool, local_rank: int = 0) -> Runtime:
+    """Turn the params' `auto` values into a concrete device and precision.
+
+    `local_rank` picks the GPU of this process under torchrun.
+    """
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
@@ -58,7 +61,8 @@ def resolve(device: str, precision: str, channels_last: bool) -> Runtime:
             precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         else:
             precision = "bf16" if cpu_has_bf16() else "fp32"
-    return Runtime(torch.device(device), precision, channels_last)
+    index = local_rank if device == "cuda" else None
+    return Runtime(torch.device(device, index), precision, channels_last)
 
 
 def seed_everything(seed: int) -> None:

@@ -15,7 +15,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from . import distributed
 from .atomic import write_with
+from .distributed import ONE_PROCESS, Dist
 from .evaluate import predict
 from .loader import DeviceLoader
 from .optim import make_criterion, make_optimizer
@@ -72,13 +74,17 @@ def train_epoch(
     runtime: Runtime,
     epoch: int,
     stop: _StopFlag | None = None,
+    dist: Dist = ONE_PROCESS,
 ) -> dict:
-    """One pass over `loader`, one optimizer and scheduler step per batch, with a tqdm bar."""
+    """One pass over `loader`, one optimizer and scheduler step per batch, with a tqdm bar.
+
+    Loss and accuracy are summed over all ranks; the bar shows rank 0's share.
+    """
     model.train()
     loss_sum = torch.zeros((), device=runtime.device)
     correct = torch.zeros((), device=runtime.device, dtype=torch.long)
     seen = 0
-    bar = tqdm(loader, total=len(loader), dynamic_ncols=True)
+    bar = tqdm(loader, total=len(loader), dynamic_ncols=True, disable=not dist.is_main)
     for batch_id, (x, y) in enumerate(bar):
         with runtime.autocast():
             logits = model(x)
@@ -106,7 +112,9 @@ def train_epoch(
                 f"stopped by signal {stop.signum} in epoch {epoch}; "
                 f"the epochs before it are checkpointed, rerun to resume"
             )
-    return {"train_loss": loss_sum.item() / seen, "train_accuracy": correct.item() / seen, "lr": lr}
+    totals = torch.stack([loss_sum, correct.to(loss_sum.dtype), loss_sum.new_tensor(seen)])
+    loss_sum, correct, seen = distributed.sum_over_ranks(totals, dist).tolist()
+    return {"train_loss": loss_sum / seen, "train_accuracy": correct / seen, "lr": lr}
 
 
 def fit(
@@ -119,12 +127,14 @@ def fit(
     max_lr: float,
     checkpoint: Path,
     fingerprint: str,
+    dist: Dist = ONE_PROCESS,
 ) -> list[dict]:
     """Train for params.epochs and return one row of history per epoch.
 
     After every epoch the whole state goes to `checkpoint`; a later call with
     the same `fingerprint` (a digest of everything that shapes the run)
-    resumes there, and gives the same result as an uninterrupted run.
+    resumes there, and gives the same result as an uninterrupted run. Under
+    torchrun every rank runs this; rank 0 alone prints and writes.
     """
     optimizer = make_optimizer(model, optimizer_params, max_lr)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
@@ -139,7 +149,9 @@ def fit(
     )
     scaler = runtime.grad_scaler()
     criterion = make_criterion(params.label_smoothing)
-    step_model = torch.compile(model) if params.compile else model
+    step_model = distributed.wrap(model, dist, params.sync_bn)
+    step_model = torch.compile(step_model) if params.compile else step_model
+    say = print if dist.is_main else lambda *args: None
     history: list[dict] = []
 
     if checkpoint.exists():
@@ -149,26 +161,27 @@ def fit(
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             scaler.load_state_dict(state["scaler"])
-            train_loader.load_state_dict(state["loader"])
-            _set_rng_state(state["rng"], runtime)
+            mine = state["ranks"][dist.rank]
+            train_loader.load_state_dict(mine["loader"])
+            _set_rng_state(mine["rng"], runtime)
             history = state["history"]
-            print(f"Resuming from {checkpoint} after epoch {len(history)}")
+            say(f"Resuming from {checkpoint} after epoch {len(history)}")
         else:
-            print(f"Ignoring {checkpoint}: it belongs to other params or data; starting afresh")
+            say(f"Ignoring {checkpoint}: it belongs to other params or data; starting afresh")
 
     with _StopFlag() as stop:
         for epoch in range(len(history) + 1, params.epochs + 1):
             start = time.perf_counter()
             row = train_epoch(
                 step_model, train_loader, optimizer, scheduler, scaler, criterion, runtime,
-                epoch, stop,
+                epoch, stop, dist,
             )  # fmt: skip
             seconds = time.perf_counter() - start
             logits = predict(model, test_loader, runtime)
             test_loss = nn.functional.cross_entropy(logits, test_loader.labels).item()
             test_correct = int((logits.argmax(1) == test_loader.labels).sum())
             total = len(test_loader.labels)
-            print(
+            say(
                 f"Test set: Average loss: {test_loss:.4f}, "
                 f"Accuracy: {test_correct}/{total} ({100 * test_correct / total:.2f}%)"
             )
@@ -189,11 +202,14 @@ def fit(
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(),
-                "loader": train_loader.state_dict(),
-                "rng": _rng_state(runtime),
+                "ranks": distributed.gather(
+                    {"loader": train_loader.state_dict(), "rng": _rng_state(runtime)}, dist
+                ),
                 "history": history,
             }
-            write_with(checkpoint, lambda tmp, state=state: torch.save(state, tmp))
+            if dist.is_main:
+                write_with(checkpoint, lambda tmp, state=state: torch.save(state, tmp))
+            distributed.barrier(dist)
             if stop.signum is not None:
                 raise Interrupted(
                     f"stopped by signal {stop.signum} after epoch {epoch}, which is "
