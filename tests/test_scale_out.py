@@ -1,0 +1,63 @@
+"""Many runs through DVC's experiment queue; shared artifacts through a DVC remote."""
+
+import json
+from pathlib import Path
+
+from conftest import sh
+
+
+def test_queued_experiments_run_and_show_different_metrics(project: Path):
+    sh("dvc", "repro", cwd=project)
+    sh("git", "add", "-A", cwd=project)
+    sh("git", "commit", "-qm", "baseline", cwd=project)
+    for lr in ("0.01", "0.2"):
+        sh("dvc", "exp", "run", "--queue", "-n", f"lr-{lr}", "-S", f"train.max_lr={lr}",
+           cwd=project)  # fmt: skip
+    sh("dvc", "queue", "start", "-j", "1", cwd=project)
+    sh("dvc", "queue", "wait", "lr-0.01", cwd=project, check=False)
+    sh("dvc", "queue", "wait", "lr-0.2", cwd=project, check=False)
+    shown = json.loads(sh("dvc", "exp", "show", "--json", cwd=project).stdout)
+    found = dict(_named_metrics(shown, {"lr-0.01", "lr-0.2"}))
+    assert set(found) == {"lr-0.01", "lr-0.2"}, shown
+    assert found["lr-0.01"]["metrics/train.json"]["max_lr"] == 0.01
+    assert found["lr-0.2"]["metrics/train.json"]["max_lr"] == 0.2
+    assert found["lr-0.01"]["metrics/eval.json"] != found["lr-0.2"]["metrics/eval.json"]
+
+
+def _named_metrics(node, names):
+    """(name, {metrics file: values}) for each experiment called one of `names`."""
+    if isinstance(node, dict):
+        data = node.get("data") if isinstance(node.get("data"), dict) else node
+        name = node.get("name") or data.get("name")
+        metrics = data.get("metrics")
+        if name in names and metrics:
+            yield name, {path: entry.get("data") for path, entry in metrics.items()}
+        for value in node.values():
+            yield from _named_metrics(value, names)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _named_metrics(value, names)
+
+
+def test_push_to_a_folder_remote_then_pull_into_a_fresh_clone(project: Path, tmp_path: Path):
+    remote = tmp_path / "remote"
+    sh("dvc", "remote", "add", "-d", "shared", str(remote), cwd=project)
+    sh("dvc", "repro", cwd=project)
+    sh("git", "add", "-A", cwd=project)
+    sh("git", "commit", "-qm", "trained", cwd=project)
+    sh("dvc", "push", cwd=project)
+    assert any(remote.rglob("*"))
+
+    clone = tmp_path / "clone"
+    sh("git", "clone", "-q", str(project), str(clone), cwd=tmp_path)
+    for path in ("src", "stages"):  # the pipeline's code is in git; nothing to do
+        assert (clone / path).is_dir()
+    assert not (clone / "models/model.pt").exists()
+    sh("dvc", "pull", cwd=clone)
+    assert (clone / "models/model.pt").read_bytes() == (project / "models/model.pt").read_bytes()
+    status = sh("dvc", "status", cwd=clone)
+    assert "Data and pipelines are up to date" in status.stdout
+    repro = sh("dvc", "repro", cwd=clone)
+    assert "Running stage" not in repro.stdout
+    shown = sh("dvc", "metrics", "show", "--json", cwd=clone)
+    assert "final_test_accuracy" in shown.stdout
