@@ -64,6 +64,22 @@ def _set_rng_state(state: dict, runtime: Runtime) -> None:
         torch.cuda.set_rng_state(state["cuda"], runtime.device)
 
 
+# Reading a loss back to the host waits for the GPU; doing it every few batches
+# rather than every batch keeps the GPU fed. On a CPU it costs nothing either way.
+READ_BACK_EVERY = 10
+
+
+def _check_finite(pending: list[tuple[int, float, torch.Tensor]], epoch: int) -> None:
+    """Stop at the first NaN or infinite loss among `pending`, naming where it happened."""
+    values = torch.stack([loss for _, _, loss in pending]).tolist()
+    for (batch_id, lr, _), value in zip(pending, values):
+        if not math.isfinite(value):
+            raise TrainingError(
+                f"training loss is {value} at epoch {epoch}, batch {batch_id}, "
+                f"lr {lr:.4g}; lower train.max_lr or use train.precision=fp32"
+            )
+
+
 def train_epoch(
     model: nn.Module,
     loader: DeviceLoader,
@@ -85,16 +101,12 @@ def train_epoch(
     correct = torch.zeros((), device=runtime.device, dtype=torch.long)
     seen = 0
     bar = tqdm(loader, total=len(loader), dynamic_ncols=True, disable=not dist.is_main)
+    pending: list[tuple[int, float, torch.Tensor]] = []  # losses not yet read back
     for batch_id, (x, y) in enumerate(bar):
         with runtime.autocast():
             logits = model(x)
             loss = criterion(logits, y)
         lr = scheduler.get_last_lr()[0]
-        if not math.isfinite(loss_value := loss.item()):
-            raise TrainingError(
-                f"training loss is {loss_value} at epoch {epoch}, batch {batch_id}, "
-                f"lr {lr:.4g}; lower train.max_lr or use train.precision=fp32"
-            )
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -103,10 +115,14 @@ def train_epoch(
         loss_sum += loss.detach() * len(y)
         correct += (logits.argmax(1) == y).sum()
         seen += len(y)
-        bar.set_description(
-            f"Train: Loss={loss_value:.4f} Batch_id={batch_id} "
-            f"Accuracy={100 * correct.item() / seen:.2f}"
-        )
+        pending.append((batch_id, lr, loss.detach()))
+        if len(pending) == READ_BACK_EVERY or batch_id == len(loader) - 1:
+            _check_finite(pending, epoch)
+            bar.set_description(
+                f"Train: Loss={pending[-1][2].item():.4f} Batch_id={batch_id} "
+                f"Accuracy={100 * correct.item() / seen:.2f}"
+            )
+            pending.clear()
         if stop is not None and stop.signum is not None:
             raise Interrupted(
                 f"stopped by signal {stop.signum} in epoch {epoch}; "
