@@ -48,6 +48,5 @@ def fingerprint(params: Params, sections: tuple[str, ...], *files: Path, **extra
     digest.update(json.dumps([dumped, extra], sort_keys=True, default=str).encode())
     for path in files:
         with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+            digest.update(hashlib.file_digest(handle, "sha256").digest())
     return digest.hexdigest()

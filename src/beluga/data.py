@@ -52,11 +52,8 @@ class Cifar:
 
 
 def md5sum(path: Path) -> str:
-    digest = hashlib.md5()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "md5").hexdigest()
 
 
 def download_official(download_dir: Path, md5: str | None = OFFICIAL_MD5) -> Path:
