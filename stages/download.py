@@ -1,4 +1,4 @@
-"""Stage `download`: CIFAR-10 from data.source into data/cifar10.npz."""
+"""Stage `download`: CIFAR-10 from data.source into one compact file (paths.data)."""
 
 from pathlib import Path
 
@@ -6,21 +6,21 @@ from beluga import data
 from beluga.cli import stage
 from beluga.params import load_params
 
-OUT = "data/cifar10.npz"
-
 
 @stage
 def main() -> None:
-    params = load_params().data
-    if params.source == "official":
-        source = data.download_official(Path(params.download_dir), params.md5)
+    params = load_params()
+    source, md5 = params.data.source, params.data.md5
+    if data.is_url(source):
+        local = data.download(source, Path(params.paths.download_dir), md5)
     else:
-        source = Path(params.source).expanduser()
+        local = Path(source).expanduser()
     cifar = data.subset(
-        data.read_source(source, params.md5), params.train_per_class, params.test_per_class
+        data.read_source(local, md5), params.data.train_per_class, params.data.test_per_class
     )
-    data.save(OUT, cifar)
-    print(f"{OUT}: {len(cifar.train.labels)} train and {len(cifar.test.labels)} test images")
+    data.save(params.paths.data, cifar)
+    print(f"{params.paths.data}: {len(cifar.train.labels)} train and "
+          f"{len(cifar.test.labels)} test images")  # fmt: skip
 
 
 if __name__ == "__main__":

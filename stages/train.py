@@ -1,4 +1,9 @@
-"""Stage `train`: OneCycleLR training from the LR range test's suggestion (or train.max_lr)."""
+"""Stage `train`: OneCycleLR training from the LR range test's suggestion (or train.max_lr).
+
+Run as `python stages/train.py`: it checks the params, takes the workspace's
+training lock, and trains, in this process or (train.nproc > 1) in ranks it
+launches that run this same file.
+"""
 
 import json
 import statistics
@@ -6,80 +11,84 @@ from pathlib import Path
 
 import pandas as pd
 
-from beluga import data, distributed, figures
+from beluga import checkpoint, data, distributed, figures
 from beluga.atomic import write_json, write_with
-from beluga.cli import check_batch_size, fingerprint, stage
+from beluga.cli import stage
 from beluga.loader import DeviceLoader
 from beluga.model import ResNet9, save_model
-from beluga.params import Params, ParamsError, load_params
+from beluga.params import Params, check_batch_size, load_params
 from beluga.runtime import Runtime, resolve, seed_everything
 from beluga.train import fit
 
-DATA = "data/cifar10.npz"
-LR_FIND = "metrics/lr_find.json"
-MODEL = "models/model.pt"
-CHECKPOINT = Path("checkpoints/train.pt")
-METRICS = "metrics/train.json"
-HISTORY = "plots/history.csv"
-CURVES = "plots/accuracy_curve.png"
+FINGERPRINTED = ("seed", "model", "optimizer", "train", "augment")
 
 
 @stage
 def main() -> None:
     params = load_params()
     train = params.train
-    runtime = resolve(train.device, train.precision, train.channels_last)
-    if train.sync_bn and runtime.device.type != "cuda":
-        raise ParamsError("params.yaml: train.sync_bn: true needs CUDA; use false on CPU")
-    cifar = data.load(DATA)
-    check_batch_size("train.batch_size", train.batch_size, len(cifar.train.labels))
-    max_lr = train.max_lr or json.loads(Path(LR_FIND).read_text())["suggested_lr"]
+    runtime = resolve(params.runtime, train.nproc, train.sync_bn, distributed.local_rank())
+    cifar = data.load(params.paths.data)
+    check_batch_size("train.batch_size", params.train.batch_size, len(cifar.train.labels))
+    if distributed.is_worker():
+        distributed.die_with_launcher()
+        _train(params, cifar, runtime)
+        return
+    lock = Path(f"{params.paths.checkpoint}.lock")
+    with checkpoint.exclusive(lock):
+        if train.nproc == 1:
+            _train(params, cifar, runtime)
+            return
+        print(f"Launching {train.nproc} ranks, "
+              f"{distributed.threads_per_rank(train.nproc)} CPU threads each")  # fmt: skip
+        code = distributed.launch(train.nproc, Path(__file__))
+    if code:
+        raise SystemExit(code)
+
+
+def _train(params: Params, cifar: data.Cifar, runtime: Runtime) -> None:
+    """One rank's training (the only one's, without data parallelism); rank 0 writes."""
+    paths, train = params.paths, params.train
+    max_lr = train.max_lr or json.loads(Path(paths.lr_find_metrics).read_text())["suggested_lr"]
     ranks = distributed.init_from_env(runtime.device.type)
     try:
-        history = _train(params, cifar, max_lr, ranks)
+        seed_everything(params.seed)
+        train_loader = DeviceLoader(cifar.train.images, cifar.train.labels, train.batch_size,
+                                    runtime, augment=params.augment, shuffle=True,
+                                    seed=params.seed, ranks=ranks)  # fmt: skip
+        test_loader = DeviceLoader(cifar.test.images, cifar.test.labels,
+                                   params.evaluate.batch_size, runtime)  # fmt: skip
+        model = runtime.prepare(ResNet9(len(cifar.classes), params.model.logit_scale))
+        if ranks.is_main:
+            print(f"Training on {ranks.world_size} x {runtime.device} in {runtime.precision}, "
+                  f"max_lr {max_lr:.4g}")  # fmt: skip
+        settings = {
+            **params.model_dump(include=set(FINGERPRINTED)),
+            "max_lr": max_lr, "precision": runtime.precision, "device": runtime.device.type,
+            "eval_batch": params.evaluate.batch_size,
+        }  # fmt: skip
+        history = fit(
+            model, train_loader=train_loader, test_loader=test_loader, runtime=runtime,
+            train=train, optimizer=params.optimizer, max_lr=max_lr,
+            checkpoint_path=Path(paths.checkpoint),
+            fingerprint=checkpoint.fingerprint(
+                settings, Path(paths.data), checkpoint.code_digest(Path(__file__))
+            ),
+            settings=settings, ranks=ranks,
+        )  # fmt: skip
     finally:
         distributed.close(ranks)
     if ranks.is_main:
-        _write_outputs(history, runtime, max_lr)
+        save_model(paths.model, model, cifar.classes)
+        _write_outputs(params, pd.DataFrame(history), runtime, max_lr)
 
 
-def _train(
-    params: Params, cifar: data.Cifar, max_lr: float, ranks: distributed.Dist
-) -> pd.DataFrame:
-    train = params.train
-    runtime = resolve(train.device, train.precision, train.channels_last, ranks.local_rank)
-    seed_everything(params.seed)
-    device, layout = runtime.device, runtime.channels_last
-    train_loader = DeviceLoader(
-        cifar.train.images, cifar.train.labels, train.batch_size, device,
-        params.augment, shuffle=True, seed=params.seed, channels_last=layout,
-        rank=ranks.rank, world_size=ranks.world_size,
-    )  # fmt: skip
-    test_loader = DeviceLoader(
-        cifar.test.images, cifar.test.labels, params.evaluate.batch_size, device,
-        channels_last=layout,
-    )  # fmt: skip
-    model = runtime.prepare(ResNet9(len(cifar.classes), params.model.logit_scale))
-    if ranks.is_main:
-        print(f"Training on {ranks.world_size} x {device} in {runtime.precision}, "
-              f"max_lr {max_lr:.4g}")  # fmt: skip
-    key = fingerprint(
-        params, ("seed", "model", "optimizer", "train", "augment"), Path(DATA),
-        max_lr=max_lr, precision=runtime.precision, device=device.type,
-        eval_batch=params.evaluate.batch_size,
-    )  # fmt: skip
-    rows = fit(model, train_loader, test_loader, runtime, train, params.optimizer, max_lr,
-               CHECKPOINT, key, ranks)  # fmt: skip
-    if ranks.is_main:
-        save_model(MODEL, model, cifar.classes)
-    return pd.DataFrame(rows)
-
-
-def _write_outputs(history: pd.DataFrame, runtime: Runtime, max_lr: float) -> None:
-    write_with(HISTORY, lambda tmp: history.drop(columns="seconds").to_csv(tmp, index=False))
-    figures.training_curves(history, CURVES)
+def _write_outputs(params: Params, history: pd.DataFrame, runtime: Runtime, max_lr: float) -> None:
+    paths = params.paths
+    write_with(paths.history, lambda tmp: history.drop(columns="seconds").to_csv(tmp, index=False))
+    figures.training_curves(history, paths.curves_plot)
     write_json(
-        METRICS,
+        paths.train_metrics,
         {
             "final_train_accuracy": history.train_accuracy.iloc[-1],
             "final_test_accuracy": history.test_accuracy.iloc[-1],
@@ -92,7 +101,7 @@ def _write_outputs(history: pd.DataFrame, runtime: Runtime, max_lr: float) -> No
             "seconds_per_epoch": round(statistics.median(history.seconds), 2),
         },
     )
-    CHECKPOINT.unlink()
+    Path(paths.checkpoint).unlink()
 
 
 if __name__ == "__main__":

@@ -14,13 +14,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
 from beluga.data import CLASSES
+from beluga.params import load_params
+from beluga.runtime import Runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_JPEG = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+DEFAULTS = load_params(ROOT / "params.yaml")  # the project's params, as tests' starting point
+CPU = Runtime(torch.device("cpu"), "fp32", channels_last=False)
 PROJECT_FILES = ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "stages", "src", ".dvc")
 
 

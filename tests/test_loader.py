@@ -1,8 +1,10 @@
+from dataclasses import replace
+
 import numpy as np
 import torch
+from conftest import CPU, DEFAULTS
 
 from beluga.loader import MEAN, STD, DeviceLoader, cutout, random_crop, random_flip
-from beluga.params import AugmentParams
 
 
 def _images(n=64, seed=0):
@@ -52,7 +54,7 @@ def test_cutout_zeroes_one_square_of_at_most_size_squared_pixels():
 
 def test_plain_loader_normalises_in_order_and_keeps_every_image():
     images, labels = _images(70)
-    loader = DeviceLoader(images, labels, 32, torch.device("cpu"))
+    loader = DeviceLoader(images, labels, 32, replace(CPU, channels_last=True))
     batches = list(loader)
     assert len(loader) == len(batches) == 3
     x = torch.cat([b[0] for b in batches])
@@ -66,7 +68,7 @@ def test_plain_loader_normalises_in_order_and_keeps_every_image():
 
 def test_augmented_epochs_are_shuffled_and_repeatable_from_a_seed():
     images, labels = _images()
-    make = lambda: DeviceLoader(images, labels, 16, torch.device("cpu"), AugmentParams(),  # noqa: E731
+    make = lambda: DeviceLoader(images, labels, 16, CPU, augment=DEFAULTS.augment,  # noqa: E731
                                 shuffle=True, seed=3)  # fmt: skip
     a, b = make(), make()
     epoch_a = [x for x, _ in a]

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from conftest import CPU, DEFAULTS
 
 from beluga.loader import DeviceLoader
 from beluga.lr_find import (
@@ -14,8 +15,11 @@ from beluga.lr_find import (
     valley,
 )
 from beluga.model import ResNet9
-from beluga.params import AugmentParams, LRFindParams, OptimizerParams
-from beluga.runtime import resolve
+from beluga.params import LRFindParams
+
+
+def _finder(**changes) -> LRFindParams:
+    return LRFindParams.model_validate({**DEFAULTS.lr_find.model_dump(), **changes})
 
 
 def _curve(losses):
@@ -37,7 +41,7 @@ def test_nan_losses_and_everything_after_them_are_ignored():
     losses = [2.3] * 5 + list(np.linspace(2.3, 1.0, 20)) + [np.nan, 0.1, 0.05, 0.01]
     curve = _curve(losses)
     assert len(usable(curve).losses) == 25
-    params = LRFindParams(num_iter=29, skip_start=0, skip_end=0)
+    params = _finder(num_iter=29, skip_start=0, skip_end=0)
     picked = suggest(curve, params)
     assert all(lr < curve.lrs[25] for lr in picked.values())
 
@@ -45,19 +49,20 @@ def test_nan_losses_and_everything_after_them_are_ignored():
 def test_no_finite_curve_is_a_clear_error():
     curve = _curve([np.inf] * 30)
     with pytest.raises(LRFindError, match="only 0 finite losses of 30"):
-        suggest(curve, LRFindParams(num_iter=30))
+        suggest(curve, _finder(num_iter=30))
 
 
 def test_range_test_records_rising_lrs_and_restores_the_model():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, 10, 64)
-    runtime = resolve("cpu", "fp32", channels_last=False)
-    loader = DeviceLoader(images, labels, 16, runtime.device, AugmentParams(), shuffle=True)
+    runtime = CPU
+    loader = DeviceLoader(images, labels, 16, runtime, augment=DEFAULTS.augment, shuffle=True)
     model = ResNet9()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    params = LRFindParams(start_lr=1e-3, end_lr=0.05, num_iter=20, skip_start=2, skip_end=2)
-    curve = run_range_test(model, loader, runtime, OptimizerParams(), 0.0, params)
+    params = _finder(start_lr=1e-3, end_lr=0.05, num_iter=20, skip_start=2, skip_end=2)
+    curve = run_range_test(model, loader, runtime, optimizer=DEFAULTS.optimizer,
+                           label_smoothing=0.0, params=params)  # fmt: skip
     assert len(curve.lrs) == 20
     assert curve.lrs[0] == pytest.approx(1e-3) and np.all(np.diff(curve.lrs) > 0)
     after = model.state_dict()

@@ -1,11 +1,21 @@
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from beluga.params import ParamsError, load_params, parse_params
 
 ROOT = Path(__file__).resolve().parents[1]
+PROJECT = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def _changed(raw: dict) -> dict:
+    """The project's params with the sections of `raw` merged in."""
+    merged = {**PROJECT}
+    for key, value in raw.items():
+        merged[key] = {**PROJECT[key], **value} if isinstance(value, dict) else value
+    return merged
 
 
 def test_project_params_file_is_valid():
@@ -23,15 +33,29 @@ def test_project_params_file_is_valid():
         ({"train": {"max_lr": 0}}, "train.max_lr: Input should be greater than 0"),
         ({"train": {"pct_start": 1.0}}, "train.pct_start: Input should be less than 1"),
         ({"augment": {"cutout_size": 33}}, "augment.cutout_size: Input should be less than or"),
-        ({"train": {"precision": "fp8"}}, "train.precision: Input should be 'auto', 'fp32'"),
+        ({"runtime": {"precision": "fp8"}}, "runtime.precision: Input should be 'auto', 'fp32'"),
         ({"lr_find": {"start_lr": 1, "end_lr": 0.5}}, "lr_find: end_lr must be greater"),
         ({"data": {"md5": "xyz"}}, "data.md5: String should match pattern"),
         ({"colour": 1}, "colour: unknown key"),
+        ({"train": {"max_lr": float("inf")}}, "train.max_lr: Input should be a finite number"),
+        (
+            {"train": {"label_smoothing": float("nan")}},
+            "train.label_smoothing: Input should be a finite",
+        ),
+        ({"train": {"epochs": True}}, "train.epochs: Input should be a valid integer"),
+        ({"optimizer": {"nesterov": "yes"}}, "optimizer.nesterov: Input should be a valid boolean"),
+        ({"seed": 2**32}, "seed: Input should be less than 4294967296"),
+        ({"seed": -1}, "seed: Input should be greater than or equal to 0"),
+        ({"train": {"sync_bn": True}}, "train: sync_bn needs nproc > 1"),
+        (
+            {"train": {"base_momentum": 0.99}},
+            "base_momentum 0.99 must not exceed optimizer.momentum",
+        ),
     ],
 )
 def test_bad_values_name_the_key_in_one_line(raw, message):
     with pytest.raises(ParamsError) as error:
-        parse_params(raw)
+        parse_params(_changed(raw))
     assert message in str(error.value)
     assert "\n" not in str(error.value)
 
@@ -53,3 +77,26 @@ def test_stage_refuses_bad_params_before_any_work(tmp_path: Path):
         "(check its spelling against params.yaml's documented keys)"
     )
     assert not (tmp_path / "data").exists()
+
+
+def test_a_missing_section_is_named():
+    raw = {key: value for key, value in PROJECT.items() if key != "runtime"}
+    with pytest.raises(ParamsError, match=r"^params.yaml: runtime: Field required$"):
+        parse_params(raw)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_cuda_without_a_gpu_is_one_line_from_any_stage(tmp_path: Path):
+    import subprocess
+    import sys
+
+    params = _changed({"runtime": {"device": "cuda"}})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "stages" / "lr_find.py")],
+        cwd=tmp_path, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "error: params.yaml: runtime.device: cuda, but no GPU is visible; use auto or cpu"
+    )

@@ -15,6 +15,8 @@ import pandas as pd
 import pytest
 import torch
 from conftest import (
+    CPU,
+    DEFAULTS,
     ROOT,
     add_bytes,
     make_project,
@@ -26,11 +28,10 @@ from conftest import (
 )
 from PIL import Image
 
+from beluga.errors import TrainingError
 from beluga.loader import DeviceLoader
 from beluga.model import ResNet9
-from beluga.params import OptimizerParams, TrainParams
-from beluga.runtime import resolve
-from beluga.train import TrainingError, fit
+from beluga.train import fit
 
 # --- bad data: each case makes a source, and the download stage must refuse it ---------------
 
@@ -177,22 +178,23 @@ def _tiny_loaders(runtime):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, 10, 64)
-    train = DeviceLoader(images, labels, 16, runtime.device, shuffle=True, channels_last=False)
-    test = DeviceLoader(images, labels, 64, runtime.device, channels_last=False)
+    train = DeviceLoader(images, labels, 16, runtime, shuffle=True)
+    test = DeviceLoader(images, labels, 64, runtime)
     return train, test
 
 
 def test_non_finite_training_loss_stops_naming_epoch_batch_and_lr(tmp_path: Path):
-    runtime = resolve("cpu", "fp32", channels_last=False)
-    train, test = _tiny_loaders(runtime)
+    train, test = _tiny_loaders(CPU)
     torch.manual_seed(0)
     model = ResNet9(logit_scale=1.0)
-    params = TrainParams(epochs=2, batch_size=16, label_smoothing=0)
+    params = DEFAULTS.train.model_copy(update={"epochs": 2, "batch_size": 16,
+                                               "label_smoothing": 0.0})  # fmt: skip
     with pytest.raises(
         TrainingError, match=r"training loss is (nan|inf) at epoch 1, batch \d+, lr "
     ):
-        fit(model, train, test, runtime, params, OptimizerParams(), 1e30,
-            tmp_path / "ckpt.pt", "key")  # fmt: skip
+        fit(model, train_loader=train, test_loader=test, runtime=CPU, train=params,
+            optimizer=DEFAULTS.optimizer, max_lr=1e30, checkpoint_path=tmp_path / "ckpt.pt",
+            fingerprint="key", settings={})  # fmt: skip
 
 
 # --- interruption and repeatability ---------------------------------------------------------

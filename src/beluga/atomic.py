@@ -1,7 +1,9 @@
 """Write every output to a temporary file and rename it into place.
 
 A stage killed half-way then leaves the previous good output, never a
-truncated one.
+truncated one; the data reaches the disk (fsync) before the rename, and the
+rename before the function returns. Temporary files a killed run left behind
+are removed at the next write of the same output.
 """
 
 from __future__ import annotations
@@ -15,17 +17,33 @@ from pathlib import Path
 from typing import Any
 
 
+def _prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
+def _sync(path: str | Path, flags: int = os.O_RDONLY) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it over `path` on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    for stale in path.parent.glob(f"{_prefix(path)}*{path.suffix}.tmp"):
+        stale.unlink(missing_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_prefix(path), suffix=f"{path.suffix}.tmp")
     os.close(fd)
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o644)
+        _sync(tmp)
         os.replace(tmp, path)
+        _sync(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -6,7 +6,8 @@
 (b) beluga: training epochs through DeviceLoader and `train_epoch`, and evaluation;
 (c) reference: torchvision-style dataset with PIL transforms through a DataLoader
     with worker processes, fp32, default memory layout, as the reference run did.
-Each is warmed up, then timed several times; the median counts.
+Each is warmed up, then timed several times; the median counts. The model, optimizer,
+loss and augmentation settings are params.yaml's.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from .atomic import write_json
 from .evaluate import predict
 from .loader import MEAN, STD, DeviceLoader
 from .model import ResNet9
-from .optim import make_criterion, make_optimizer
-from .params import AugmentParams, OptimizerParams
+from .optim import Optimization, one_cycle
+from .params import Params, RuntimeParams, load_params
 from .runtime import Runtime, cpu_has_bf16, resolve
 from .train import train_epoch
 
@@ -57,12 +58,12 @@ def machine() -> dict:
     }
 
 
-def training_images() -> tuple[np.ndarray, np.ndarray, str]:
+def training_images(imported: Path) -> tuple[np.ndarray, np.ndarray, str]:
     """The real training set where a copy is at hand, else random images of the same size."""
-    if Path("data/cifar10.npz").exists():
-        cifar = data.load("data/cifar10.npz")
+    if imported.exists():
+        cifar = data.load(imported)
         if len(cifar.train.labels) == 50_000:
-            return cifar.train.images, cifar.train.labels, "data/cifar10.npz"
+            return cifar.train.images, cifar.train.labels, str(imported)
     if SHARED_COPY.exists():
         cifar = data.read_source(SHARED_COPY)
         return cifar.train.images, cifar.train.labels, str(SHARED_COPY)
@@ -90,51 +91,55 @@ def timed(run: Callable[[], int], device: torch.device, warmup: int, repeats: in
     return statistics.median(rates)
 
 
-def _setup(runtime: Runtime, batch_size: int, max_lr: float, steps: int):
-    model = runtime.prepare(ResNet9(logit_scale=0.125))
-    optimizer = make_optimizer(model, OptimizerParams(), max_lr)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr, total_steps=steps)
-    return model, optimizer, scheduler, runtime.grad_scaler(), make_criterion(0.2)
+def _setup(
+    params: Params, runtime: Runtime, batch_size: int, steps: int
+) -> tuple[ResNet9, Optimization]:
+    """params.yaml's model and OneCycleLR training, set up for `steps` batches of `batch_size`."""
+    model = runtime.prepare(ResNet9(logit_scale=params.model.logit_scale))
+    train = params.train.model_copy(update={"epochs": 1, "batch_size": batch_size})
+    opt = one_cycle(model, optimizer=params.optimizer, train=train, max_lr=0.1,
+                    steps_per_epoch=steps, runtime=runtime)  # fmt: skip
+    return model, opt
 
 
-def ceiling(runtime: Runtime, batch_size: int, steps: int, warmup: int, repeats: int) -> float:
+def ceiling(
+    params: Params, runtime: Runtime, batch_size: int, steps: int, warmup: int, repeats: int
+) -> float:
     """(a) The bare step on random tensors already on the device."""
-    model, optimizer, _, scaler, criterion = _setup(runtime, batch_size, 0.1, 1)
-    memory_format = torch.channels_last if runtime.channels_last else torch.contiguous_format
+    model, opt = _setup(params, runtime, batch_size, steps * (warmup + repeats))
     x = torch.randn(batch_size, 3, 32, 32, device=runtime.device)
-    x = x.contiguous(memory_format=memory_format)
+    x = x.contiguous(memory_format=runtime.memory_format)
     y = torch.randint(0, 10, (batch_size,), device=runtime.device)
     model.train()
 
     def run() -> int:
         for _ in range(steps):
             with runtime.autocast():
-                loss = criterion(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+                loss = opt.criterion(model(x), y)
+            opt.optimizer.zero_grad(set_to_none=True)
+            opt.scaler.scale(loss).backward()
+            opt.scaler.step(opt.optimizer)
+            opt.scaler.update()
         return steps * batch_size
 
     return timed(run, runtime.device, warmup, repeats)
 
 
 def beluga_rates(
-    runtime: Runtime, images: np.ndarray, labels: np.ndarray, batch_size: int, repeats: int
-) -> tuple[float, float]:
+    params: Params, runtime: Runtime, images: np.ndarray, labels: np.ndarray, batch_size: int,
+    repeats: int,
+) -> tuple[float, float]:  # fmt: skip
     """(b) Whole epochs of beluga's loop over `images`, and evaluation over them."""
-    loader = DeviceLoader(images, labels, batch_size, runtime.device, AugmentParams(),
-                          shuffle=True, channels_last=runtime.channels_last)  # fmt: skip
-    steps = len(loader) * (repeats + 1)
-    model, optimizer, scheduler, scaler, criterion = _setup(runtime, batch_size, 0.1, steps)
+    loader = DeviceLoader(images, labels, batch_size, runtime, augment=params.augment,
+                          shuffle=True)  # fmt: skip
+    model, opt = _setup(params, runtime, batch_size, len(loader) * (repeats + 1))
 
     def epoch() -> int:
-        train_epoch(model, loader, optimizer, scheduler, scaler, criterion, runtime, epoch=1)
+        train_epoch(model, loader, opt, runtime, epoch=1)
         return len(labels)
 
     train = timed(epoch, runtime.device, 1, repeats)
-    plain = DeviceLoader(images, labels, 1024, runtime.device,
-                         channels_last=runtime.channels_last)  # fmt: skip
+    plain = DeviceLoader(images, labels, params.evaluate.batch_size, runtime)
 
     def evaluate() -> int:
         predict(model, plain, runtime)
@@ -157,8 +162,9 @@ class _PILDataset(Dataset):
 
 
 def reference_rate(
-    images: np.ndarray, labels: np.ndarray, batch_size: int, device: torch.device, repeats: int
-) -> float:
+    params: Params, images: np.ndarray, labels: np.ndarray, batch_size: int,
+    device: torch.device, repeats: int,
+) -> float:  # fmt: skip
     """(c) The reference loop: per-image PIL transforms, DataLoader workers, fp32."""
     transform = transforms.Compose([
         transforms.RandomCrop(32, padding=4),
@@ -171,19 +177,17 @@ def reference_rate(
                         shuffle=True, num_workers=2, persistent_workers=True,
                         pin_memory=device.type == "cuda")  # fmt: skip
     runtime = Runtime(device, "fp32", channels_last=False)
-    model, optimizer, scheduler, scaler, criterion = _setup(
-        runtime, batch_size, 0.1, len(loader) * (repeats + 1)
-    )
+    model, opt = _setup(params, runtime, batch_size, len(loader) * (repeats + 1))
 
     def epoch() -> int:
         model.train()
         for x, y in loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss = criterion(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
+            loss = opt.criterion(model(x), y)
+            opt.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
-            scheduler.step()
+            opt.optimizer.step()
+            opt.scheduler.step()
         return len(labels)
 
     return timed(epoch, device, 1, repeats)
@@ -193,13 +197,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a few batches each (~2 min on CPU)")
     parser.add_argument("--json", type=Path, help="write the results to this file")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--batch-size", type=int, default=512)
     args = parser.parse_args(argv)
 
-    runtime = resolve(args.device, args.precision, channels_last=True)
-    images, labels, source = training_images()
+    params = load_params(args.params)
+    runtime = resolve(RuntimeParams(device=args.device, precision=args.precision,
+                                    channels_last=True))  # fmt: skip
+    images, labels, source = training_images(Path(params.paths.data))
     on_gpu = runtime.device.type == "cuda"
     if args.quick:
         n = args.batch_size * (40 if on_gpu else 4)
@@ -208,15 +215,15 @@ def main(argv: list[str] | None = None) -> dict:
     steps = max(1, len(labels) // args.batch_size)
     print(f"{machine()['cpu']} | {runtime.device} {runtime.precision} | {len(labels)} images "
           f"from {source}")  # fmt: skip
-    results = {"ceiling_img_s": ceiling(runtime, args.batch_size, steps, 1, repeats)}
+    results = {"ceiling_img_s": ceiling(params, runtime, args.batch_size, steps, 1, repeats)}
     print(f"(a) ceiling:   {results['ceiling_img_s']:8.1f} img/s")
     results["train_img_s"], results["eval_img_s"] = beluga_rates(
-        runtime, images, labels, args.batch_size, repeats
+        params, runtime, images, labels, args.batch_size, repeats
     )
     print(f"(b) beluga:    {results['train_img_s']:8.1f} img/s train, "
           f"{results['eval_img_s']:.1f} img/s eval")  # fmt: skip
     results["reference_img_s"] = reference_rate(
-        images, labels, args.batch_size, runtime.device, repeats
+        params, images, labels, args.batch_size, runtime.device, repeats
     )
     print(f"(c) reference: {results['reference_img_s']:8.1f} img/s")
     results["speedup_vs_reference"] = results["train_img_s"] / results["reference_img_s"]

@@ -1,21 +1,36 @@
-"""Data parallelism through torchrun: which process this is, and the collectives training needs.
+"""Data parallelism through torchrun's engine: launching ranks, and the collectives training needs.
 
-Started with plain `python`, or by torchrun with one process, everything here
-is a no-op, so one code path serves one process and several.
+With one process everything here is a no-op, so one code path serves one
+process and several. `launch` starts the ranks from inside the train stage (the
+engine behind `torchrun`), so params are checked once before any rank starts
+and a failure ends as the ranks' own one-line error and exit code.
 """
 
 from __future__ import annotations
 
+import ctypes
+import logging
 import os
+import signal
+import sys
+import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.elastic.multiprocessing.api import SignalException
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+LAUNCHER_PID = "BELUGA_LAUNCHER_PID"
 
 
 @dataclass(frozen=True)
-class Dist:
+class Ranks:
+    """Which of the training processes this one is."""
+
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
@@ -29,24 +44,77 @@ class Dist:
         return self.world_size > 1
 
 
-ONE_PROCESS = Dist()
+ONE_PROCESS = Ranks()
 
 
-def init_from_env(device_type: str) -> Dist:
-    """Join the process group torchrun describes in the environment: NCCL on GPUs, gloo on CPU."""
+def is_worker() -> bool:
+    """True in a rank that `launch` started."""
+    return LAUNCHER_PID in os.environ
+
+
+def local_rank() -> int:
+    """This process's index on its machine (0 outside data parallelism): which GPU it takes."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def threads_per_rank(nproc: int) -> int:
+    """CPU cores shared out among the ranks (torchrun alone would give each one thread)."""
+    return max(1, (os.cpu_count() or 1) // nproc)
+
+
+def launch(nproc: int, script: Path) -> int:
+    """Run `script` as `nproc` ranks on this machine; return the exit code to end with.
+
+    The ranks print their own one-line errors; the engine's failure report,
+    which repeats them with tracebacks, is silenced.
+    """
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    os.environ[LAUNCHER_PID] = str(os.getpid())
+    os.environ["OMP_NUM_THREADS"] = str(threads_per_rank(nproc))
+    config = LaunchConfig(
+        min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
+        rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,
+        monitor_interval=0.1,
+    )  # fmt: skip
+    try:
+        elastic_launch(config, sys.executable)(str(script))
+    except ChildFailedError as error:
+        return max(failure.exitcode for failure in error.failures.values())
+    except SignalException:
+        return 130
+    return 0
+
+
+def die_with_launcher() -> None:
+    """Have the kernel kill this rank when its launcher dies (Linux).
+
+    The engine starts each rank in a session of its own, so a kill of the
+    launcher's process group would otherwise leave the rank training on.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if str(os.getppid()) != os.environ[LAUNCHER_PID]:
+        os._exit(1)  # the launcher died before the request took effect
+
+
+def init_from_env(device_type: str) -> Ranks:
+    """Join the process group the launcher describes in the environment: NCCL or gloo."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return ONE_PROCESS
-    local_rank = int(os.environ["LOCAL_RANK"])
     if device_type == "cuda":
-        torch.cuda.set_device(local_rank)
+        torch.cuda.set_device(local_rank())
+    else:
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
-    return Dist(dist.get_rank(), world_size, local_rank)
+    return Ranks(dist.get_rank(), world_size, local_rank())
 
 
-def wrap(model: nn.Module, d: Dist, sync_bn: bool) -> nn.Module:
+def wrap(model: nn.Module, ranks: Ranks, sync_bn: bool) -> nn.Module:
     """The module to train: DistributedDataParallel over `model` when there are several ranks."""
-    if not d.enabled:
+    if not ranks.enabled:
         return model
     if sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -56,26 +124,30 @@ def wrap(model: nn.Module, d: Dist, sync_bn: bool) -> nn.Module:
     )
 
 
-def sum_over_ranks(tensor: torch.Tensor, d: Dist) -> torch.Tensor:
-    if d.enabled:
+def sum_over_ranks(tensor: torch.Tensor, ranks: Ranks) -> torch.Tensor:
+    if ranks.enabled:
         dist.all_reduce(tensor)
     return tensor
 
 
-def gather(obj: object, d: Dist) -> list:
+def max_over_ranks(values: list[int], ranks: Ranks, device: torch.device) -> list[int]:
+    """Element-wise maximum of `values` over all ranks: how ranks agree on a decision."""
+    if not ranks.enabled:
+        return values
+    tensor = torch.tensor(values, dtype=torch.long, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor.tolist()
+
+
+def gather(obj: object, ranks: Ranks) -> list:
     """`obj` from every rank, in rank order."""
-    if not d.enabled:
+    if not ranks.enabled:
         return [obj]
-    out: list = [None] * d.world_size
+    out: list = [None] * ranks.world_size
     dist.all_gather_object(out, obj)
     return out
 
 
-def barrier(d: Dist) -> None:
-    if d.enabled:
-        dist.barrier()
-
-
-def close(d: Dist) -> None:
-    if d.enabled:
+def close(ranks: Ranks) -> None:
+    if ranks.enabled:
         dist.destroy_process_group()

@@ -1,6 +1,11 @@
-"""Predictions over a whole split in large batches, with optional test-time augmentation."""
+"""Predictions and their score over a whole split, with optional test-time augmentation.
+
+One `score` serves both the per-epoch test in training and the evaluate stage.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -44,3 +49,33 @@ def predict(
         with runtime.autocast():
             out.append(views(model, x))
     return torch.cat(out)
+
+
+@dataclass(frozen=True)
+class Score:
+    logits: torch.Tensor  # float32, one row per image
+    labels: torch.Tensor
+    loss: float  # mean cross-entropy, without label smoothing
+    correct: int
+
+    @property
+    def total(self) -> int:
+        return len(self.labels)
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.total
+
+    def __str__(self) -> str:
+        return (
+            f"Test set: Average loss: {self.loss:.4f}, "
+            f"Accuracy: {self.correct}/{self.total} ({100 * self.accuracy:.2f}%)"
+        )
+
+
+def score(model: nn.Module, loader: DeviceLoader, runtime: Runtime, tta: str = "none") -> Score:
+    """Logits, loss and correct count of `model` over every image of `loader`."""
+    logits = predict(model, loader, runtime, tta)
+    labels = loader.labels
+    loss = F.cross_entropy(logits, labels).item()
+    return Score(logits, labels, loss, int((logits.argmax(1) == labels).sum()))

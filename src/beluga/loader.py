@@ -13,7 +13,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .distributed import ONE_PROCESS, Ranks
 from .params import AugmentParams
+from .runtime import Runtime
 
 # Per-channel statistics of the official CIFAR-10 training images.
 MEAN = (0.4914, 0.4822, 0.4465)
@@ -68,28 +70,28 @@ class DeviceLoader:
         images: np.ndarray,
         labels: np.ndarray,
         batch_size: int,
-        device: torch.device,
+        runtime: Runtime,
+        *,
         augment: AugmentParams | None = None,
         shuffle: bool = False,
         seed: int = 0,
-        channels_last: bool = True,
-        rank: int = 0,
-        world_size: int = 1,
+        ranks: Ranks = ONE_PROCESS,
     ) -> None:
+        device = runtime.device
         self.images = torch.from_numpy(images).to(device).permute(0, 3, 1, 2)  # NCHW view of NHWC
         self.labels = torch.from_numpy(labels).to(device)
         self.batch_size = batch_size
         self.device = device
+        self.memory_format = runtime.memory_format
         self.augment = augment
         self.shuffle = shuffle
-        self.channels_last = channels_last
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size = ranks.rank, ranks.world_size
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
         self.augment_generator = self.generator
-        if world_size > 1:
+        if ranks.enabled:
             self.augment_generator = torch.Generator(device=device)
-            self.augment_generator.manual_seed(seed + 1000 * (rank + 1))
+            self.augment_generator.manual_seed(seed + 1000 * (ranks.rank + 1))
         self.mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(STD, device=device).view(1, 3, 1, 1) * 255
 
@@ -110,8 +112,7 @@ class DeviceLoader:
             x = random_flip(x, self.augment_generator)
         if aug is not None and aug.cutout_size:
             x = cutout(x, aug.cutout_size, self.augment_generator)
-        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        return x.contiguous(memory_format=memory_format), self.labels[index]
+        return x.contiguous(memory_format=self.memory_format), self.labels[index]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.labels)
@@ -126,6 +127,7 @@ class DeviceLoader:
             yield self.batch(index[self.rank :: self.world_size])
 
     def state_dict(self) -> dict:
+        """The generators' states (CPU byte tensors, also for a GPU generator)."""
         return {
             "generator": self.generator.get_state(),
             "augment_generator": self.augment_generator.get_state(),

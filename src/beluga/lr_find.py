@@ -8,14 +8,11 @@ import numpy as np
 from torch import nn
 from torch_lr_finder import LRFinder, TrainDataLoaderIter
 
+from .errors import LRFindError
 from .loader import DeviceLoader
 from .optim import make_criterion, make_optimizer
 from .params import LRFindParams, OptimizerParams
 from .runtime import Runtime
-
-
-class LRFindError(RuntimeError):
-    """The range test gave no usable curve."""
 
 
 class _DeviceBatches(TrainDataLoaderIter):
@@ -35,19 +32,20 @@ def run_range_test(
     model: nn.Module,
     loader: DeviceLoader,
     runtime: Runtime,
-    optimizer_params: OptimizerParams,
+    *,
+    optimizer: OptimizerParams,
     label_smoothing: float,
     params: LRFindParams,
 ) -> Curve:
     """Sweep the LR from start_lr to end_lr, one batch per step, and record the loss.
 
+    The optimizer runs at the momentum training starts with (optimizer.momentum).
     The model and optimizer are restored to their initial state afterwards.
     """
-    optimizer = make_optimizer(model, optimizer_params, params.start_lr)
     dtype = runtime.autocast_dtype
     finder = LRFinder(
         model,
-        optimizer,
+        make_optimizer(model, optimizer, params.start_lr),
         make_criterion(label_smoothing),
         device=runtime.device,
         amp_backend="torch" if dtype else None,

@@ -61,8 +61,9 @@ def save_model(path: str | Path, model: ResNet9, classes: tuple[str, ...]) -> No
     write_with(path, lambda tmp: torch.save(state, tmp))
 
 
-def load_model(path: str | Path, device: torch.device) -> tuple[ResNet9, tuple[str, ...]]:
-    state = torch.load(path, map_location=device, weights_only=True)
+def load_model(path: str | Path) -> tuple[ResNet9, tuple[str, ...]]:
+    """The network `save_model` wrote, on the CPU, rebuilt from what the file records."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
     model = ResNet9(len(state["classes"]), state["logit_scale"])
     model.load_state_dict(state["state_dict"])
-    return model.to(device), tuple(state["classes"])
+    return model, tuple(state["classes"])

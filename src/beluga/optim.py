@@ -1,16 +1,23 @@
-"""Optimizer and loss built from params, shared by the LR range test and training."""
+"""Optimizer, schedule and loss built from params, shared by the LR range test and training."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .params import OptimizerParams
+from .params import OptimizerParams, TrainParams
+from .runtime import Runtime
 
 
 def make_optimizer(model: nn.Module, params: OptimizerParams, lr: float) -> torch.optim.Optimizer:
+    """SGD or Adam at `lr`, starting at params.momentum (Adam: as beta1)."""
     if params.name == "adam":
-        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=params.weight_decay)
+        return torch.optim.Adam(
+            model.parameters(), lr=lr, betas=(params.momentum, 0.999),
+            weight_decay=params.weight_decay,
+        )  # fmt: skip
     return torch.optim.SGD(
         model.parameters(),
         lr=lr,
@@ -22,3 +29,59 @@ def make_optimizer(model: nn.Module, params: OptimizerParams, lr: float) -> torc
 
 def make_criterion(label_smoothing: float) -> nn.Module:
     return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+
+
+@dataclass
+class Optimization:
+    """Everything one training step needs besides the model and the batch."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.OneCycleLR
+    scaler: torch.amp.GradScaler
+    criterion: nn.Module
+
+    def state_dict(self) -> dict:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+
+
+def one_cycle(
+    model: nn.Module,
+    *,
+    optimizer: OptimizerParams,
+    train: TrainParams,
+    max_lr: float,
+    steps_per_epoch: int,
+    runtime: Runtime,
+) -> Optimization:
+    """The optimizer under OneCycleLR, as the params describe it.
+
+    With train.cycle_momentum the momentum falls from optimizer.momentum to
+    train.base_momentum at the LR peak and climbs back; without, it stays at
+    optimizer.momentum.
+    """
+    opt = make_optimizer(model, optimizer, max_lr)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        opt,
+        max_lr=max_lr,
+        epochs=train.epochs,
+        steps_per_epoch=steps_per_epoch,
+        pct_start=train.pct_start,
+        div_factor=train.div_factor,
+        final_div_factor=train.final_div_factor,
+        anneal_strategy=train.anneal_strategy,
+        cycle_momentum=train.cycle_momentum,
+        base_momentum=train.base_momentum,
+        max_momentum=optimizer.momentum,
+    )
+    return Optimization(
+        opt, scheduler, runtime.grad_scaler(), make_criterion(train.label_smoothing)
+    )

@@ -1,7 +1,10 @@
-"""Every setting of the pipeline, validated in one place before any work starts.
+"""Types and bounds of every setting; the values themselves live in params.yaml alone.
 
-A stage calls `load_params()`; a typo, a wrong type or an out-of-range value
-stops it with one line that names the key and what is allowed.
+A stage calls `load_params()`; a typo, a wrong type, a missing key or an
+out-of-range value stops it with one line that names the key. params.yaml is
+the one source of the values because it is the file DVC tracks, diffs and
+changes with `dvc exp run -S`; a second set of defaults here could only drift
+from it.
 """
 
 from __future__ import annotations
@@ -12,49 +15,68 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-
-class ParamsError(ValueError):
-    """A bad value in params.yaml; its message is one line naming the key."""
+from .errors import ParamsError
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: `epochs: true` or `nesterov: "yes"` are errors, not silently coerced.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+class PathsParams(_Section):
+    """Where each stage reads and writes; dvc.yaml names the same keys as ${paths.*}."""
+
+    data: str
+    download_dir: str
+    checkpoint: str
+    model: str
+    lr_find_metrics: str
+    lr_find_curve: str
+    lr_find_plot: str
+    train_metrics: str
+    history: str
+    curves_plot: str
+    eval_metrics: str
+    predictions: str
+    per_class_metrics: str
+    per_class_plot: str
+    confusion_plot: str
+    misclassified_plot: str
+    model_summary: str
 
 
 class DataParams(_Section):
     source: str = Field(
-        "official",
-        description="'official' downloads CIFAR-10; else a path to a local copy",
         min_length=1,
+        description="an http(s) URL of the official archive, or a path to a local copy",
     )
-    md5: str | None = Field("c58f30108f718f92721af3b95e74349a", pattern=r"^[0-9a-f]{32}$")
-    download_dir: str = Field("data/raw", min_length=1)
-    train_per_class: int | None = Field(None, gt=0)
-    test_per_class: int | None = Field(None, gt=0)
+    md5: str | None = Field(pattern=r"^[0-9a-f]{32}$")
+    train_per_class: int | None = Field(gt=0)
+    test_per_class: int | None = Field(gt=0)
 
 
 class ModelParams(_Section):
-    logit_scale: float = Field(0.125, gt=0)
+    logit_scale: float = Field(gt=0)
 
 
 class OptimizerParams(_Section):
-    name: Literal["sgd", "adam"] = "sgd"
-    momentum: float = Field(0.9, ge=0, lt=1)
-    nesterov: bool = True
-    weight_decay: float = Field(5e-4, ge=0)
+    name: Literal["sgd", "adam"]
+    momentum: float = Field(ge=0, lt=1, description="SGD momentum or Adam's beta1 at step 0")
+    nesterov: bool
+    weight_decay: float = Field(ge=0)
 
 
 class LRFindParams(_Section):
-    start_lr: float = Field(1e-4, gt=0)
-    end_lr: float = Field(10.0, gt=0)
-    num_iter: int = Field(200, ge=20)
-    step_mode: Literal["exp", "linear"] = "exp"
-    smooth_f: float = Field(0.05, ge=0, lt=1)
-    diverge_th: float = Field(5.0, gt=1)
-    skip_start: int = Field(10, ge=0)
-    skip_end: int = Field(5, ge=0)
-    suggestion: Literal["steepest", "valley", "minimum"] = "minimum"
-    min_rise: float = Field(0.05, gt=0)
+    start_lr: float = Field(gt=0)
+    end_lr: float = Field(gt=0)
+    num_iter: int = Field(ge=20)
+    step_mode: Literal["exp", "linear"]
+    smooth_f: float = Field(ge=0, lt=1)
+    diverge_th: float = Field(gt=1)
+    skip_start: int = Field(ge=0)
+    skip_end: int = Field(ge=0)
+    suggestion: Literal["steepest", "valley", "minimum"]
+    min_rise: float = Field(gt=0)
 
     @model_validator(mode="after")
     def _check_range(self) -> LRFindParams:
@@ -66,20 +88,19 @@ class LRFindParams(_Section):
 
 
 class TrainParams(_Section):
-    epochs: int = Field(24, gt=0)
-    batch_size: int = Field(512, gt=0)
-    max_lr: float | None = Field(None, gt=0)
-    pct_start: float = Field(5 / 24, gt=0, lt=1)
-    div_factor: float = Field(25.0, ge=1)
-    final_div_factor: float = Field(1e4, ge=1)
-    anneal_strategy: Literal["linear", "cos"] = "linear"
-    label_smoothing: float = Field(0.2, ge=0, lt=1)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    channels_last: bool = True
-    compile: bool = False
-    nproc: int = Field(1, ge=1, description="processes for data-parallel training (torchrun)")
-    sync_bn: bool = False
+    epochs: int = Field(gt=0)
+    batch_size: int = Field(gt=0)
+    max_lr: float | None = Field(gt=0)
+    pct_start: float = Field(gt=0, lt=1)
+    div_factor: float = Field(ge=1)
+    final_div_factor: float = Field(ge=1)
+    anneal_strategy: Literal["linear", "cos"]
+    cycle_momentum: bool
+    base_momentum: float = Field(ge=0, lt=1)
+    label_smoothing: float = Field(ge=0, lt=1)
+    compile: bool
+    nproc: int = Field(ge=1, description="processes for data-parallel training (torchrun)")
+    sync_bn: bool
 
     @model_validator(mode="after")
     def _check_split(self) -> TrainParams:
@@ -87,30 +108,52 @@ class TrainParams(_Section):
             raise ValueError(
                 f"batch_size {self.batch_size} must divide evenly among nproc {self.nproc} ranks"
             )
+        if self.sync_bn and self.nproc == 1:
+            raise ValueError("sync_bn needs nproc > 1 (it syncs batch norm across ranks)")
         return self
 
 
+class RuntimeParams(_Section):
+    """Where and how every stage that runs the model runs it."""
+
+    device: Literal["auto", "cpu", "cuda"]
+    precision: Literal["auto", "fp32", "bf16", "fp16"]
+    channels_last: bool
+
+
 class AugmentParams(_Section):
-    crop_padding: int = Field(4, ge=0, le=16)
-    flip: bool = True
-    cutout_size: int = Field(8, ge=0, le=32)
+    crop_padding: int = Field(ge=0, le=16)
+    flip: bool
+    cutout_size: int = Field(ge=0, le=32)
 
 
 class EvaluateParams(_Section):
-    batch_size: int = Field(1024, gt=0)
-    tta: Literal["none", "flip", "flip_shift"] = "flip_shift"
-    misclassified: int = Field(25, ge=1, le=100)
+    batch_size: int = Field(gt=0)
+    tta: Literal["none", "flip", "flip_shift"]
+    misclassified: int = Field(ge=1, le=100)
 
 
 class Params(_Section):
-    seed: int = Field(0, ge=0)
-    data: DataParams = DataParams()
-    model: ModelParams = ModelParams()
-    optimizer: OptimizerParams = OptimizerParams()
-    lr_find: LRFindParams = LRFindParams()
-    train: TrainParams = TrainParams()
-    augment: AugmentParams = AugmentParams()
-    evaluate: EvaluateParams = EvaluateParams()
+    seed: int = Field(ge=0, lt=2**32)
+    paths: PathsParams
+    data: DataParams
+    model: ModelParams
+    optimizer: OptimizerParams
+    lr_find: LRFindParams
+    train: TrainParams
+    runtime: RuntimeParams
+    augment: AugmentParams
+    evaluate: EvaluateParams
+
+    @model_validator(mode="after")
+    def _check_momentum(self) -> Params:
+        train, momentum = self.train, self.optimizer.momentum
+        if train.cycle_momentum and train.base_momentum > momentum:
+            raise ValueError(
+                f"train.base_momentum {train.base_momentum} must not exceed "
+                f"optimizer.momentum {momentum}, where the cycle starts and ends"
+            )
+        return self
 
 
 def _one_line(error: ValidationError, path: Path) -> str:
@@ -120,10 +163,8 @@ def _one_line(error: ValidationError, path: Path) -> str:
     if first["type"] == "extra_forbidden":
         message = "unknown key (check its spelling against params.yaml's documented keys)"
     got = first.get("input")
-    detail = (
-        "" if first["type"] == "extra_forbidden" or isinstance(got, dict) else f" (got {got!r})"
-    )
-    return f"{path}: {key}: {message}{detail}"
+    quiet = first["type"] in ("extra_forbidden", "missing") or isinstance(got, dict)
+    return f"{path}: {key}: {message}{'' if quiet else f' (got {got!r})'}"
 
 
 def parse_params(raw: dict, path: Path = Path("params.yaml")) -> Params:
@@ -146,3 +187,11 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: must be a mapping of sections")
     return parse_params(raw, path)
+
+
+def check_batch_size(key: str, batch_size: int, n_images: int) -> None:
+    """A batch larger than the data set would give zero steps; say so before any work."""
+    if batch_size > n_images:
+        raise ParamsError(
+            f"params.yaml: {key}: {batch_size} is larger than the {n_images} training images"
+        )

@@ -1,7 +1,8 @@
-"""Where and how the model runs: device, precision, memory layout, compile.
+"""Where and how the model runs: device, precision, memory layout.
 
 CPU and GPU take the same code path; these settings only pick the device and
-the autocast dtype.
+the autocast dtype. `resolve` checks them against this machine, so a setting it
+cannot honour stops the stage with one line before any work.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .errors import ParamsError
+from .params import RuntimeParams
+
 
 @dataclass(frozen=True)
 class Runtime:
@@ -23,6 +27,10 @@ class Runtime:
     @property
     def autocast_dtype(self) -> torch.dtype | None:
         return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Mixed-precision context for forward passes (a no-op in fp32)."""
@@ -36,10 +44,7 @@ class Runtime:
         return torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
 
     def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
-        model = model.to(self.device)
-        if self.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        return model
+        return model.to(self.device, memory_format=self.memory_format)
 
 
 def cpu_has_bf16() -> bool:
@@ -47,22 +52,40 @@ def cpu_has_bf16() -> bool:
     return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
 
 
-def resolve(device: str, precision: str, channels_last: bool, local_rank: int = 0) -> Runtime:
+def resolve(
+    params: RuntimeParams, nproc: int = 1, sync_bn: bool = False, local_rank: int = 0
+) -> Runtime:
     """Turn the params' `auto` values into a concrete device and precision.
 
-    `local_rank` picks the GPU of this process under torchrun.
+    `nproc` and `sync_bn` are the training processes' settings, checked against
+    the GPUs here; `local_rank` picks this process's GPU under torchrun.
     """
+    device, precision = params.device, params.precision
+    has_cuda = torch.cuda.is_available()
     if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device: cuda is not available here; use auto or cpu")
+        device = "cuda" if has_cuda else "cpu"
+    if device == "cuda" and not has_cuda:
+        raise ParamsError(
+            "params.yaml: runtime.device: cuda, but no GPU is visible; use auto or cpu"
+        )
+    if device == "cuda" and nproc > torch.cuda.device_count():
+        raise ParamsError(
+            f"params.yaml: train.nproc: {nproc} processes, but only "
+            f"{torch.cuda.device_count()} GPUs are visible"
+        )
+    if sync_bn and device != "cuda":
+        raise ParamsError("params.yaml: train.sync_bn: true needs CUDA; use false on CPU")
     if precision == "auto":
         if device == "cuda":
             precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         else:
             precision = "bf16" if cpu_has_bf16() else "fp32"
+    if precision == "bf16" and device == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ParamsError(
+            "params.yaml: runtime.precision: bf16, but this GPU does not support it; use fp16"
+        )
     index = local_rank if device == "cuda" else None
-    return Runtime(torch.device(device, index), precision, channels_last)
+    return Runtime(torch.device(device, index), precision, params.channels_last)
 
 
 def seed_everything(seed: int) -> None:

@@ -1,7 +1,9 @@
 """The training loop: OneCycleLR, per-epoch test, atomic checkpoints, resume.
 
 Read it top to bottom: `fit` builds the optimizer and schedule, restores a
-checkpoint if one matches these params, then runs epochs.
+checkpoint if one belongs to this run, then runs epochs. Under data
+parallelism every rank runs it; the ranks decide together to stop (a signal,
+a non-finite loss, a failed write), so all stop at the same batch.
 """
 
 from __future__ import annotations
@@ -15,29 +17,21 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from . import distributed
-from .atomic import write_with
-from .distributed import ONE_PROCESS, Dist
-from .evaluate import predict
+from . import checkpoint, distributed
+from .distributed import ONE_PROCESS, Ranks
+from .errors import Interrupted, TrainingError
+from .evaluate import score
 from .loader import DeviceLoader
-from .optim import make_criterion, make_optimizer
+from .optim import Optimization, one_cycle
 from .params import OptimizerParams, TrainParams
 from .runtime import Runtime
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (a non-finite loss); the message names where."""
-
-
-class Interrupted(RuntimeError):
-    """SIGINT or SIGTERM arrived; the last finished epoch is checkpointed."""
 
 
 class _StopFlag:
     """Turns SIGINT/SIGTERM into a flag checked between batches, so no write is cut short."""
 
     def __init__(self) -> None:
-        self.signum: int | None = None
+        self.signum = 0
 
     def __enter__(self) -> _StopFlag:
         self._old = {s: signal.signal(s, self._set) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -60,37 +54,66 @@ def _rng_state(runtime: Runtime) -> dict:
 
 def _set_rng_state(state: dict, runtime: Runtime) -> None:
     torch.set_rng_state(state["torch"])
-    if "cuda" in state:
+    if "cuda" in state and runtime.device.type == "cuda":
         torch.cuda.set_rng_state(state["cuda"], runtime.device)
 
 
-# Reading a loss back to the host waits for the GPU; doing it every few batches
-# rather than every batch keeps the GPU fed. On a CPU it costs nothing either way.
-READ_BACK_EVERY = 10
+def read_back_every(runtime: Runtime) -> int:
+    """Batches between reading losses back to the host (and deciding whether to stop).
+
+    On a GPU that read waits for the device, so it happens every few batches to
+    keep the GPU fed; on a CPU it costs nothing, so a signal is acted on at once.
+    """
+    return 10 if runtime.device.type == "cuda" else 1
 
 
-def _check_finite(pending: list[tuple[int, float, torch.Tensor]], epoch: int) -> None:
-    """Stop at the first NaN or infinite loss among `pending`, naming where it happened."""
+def _first_non_finite(pending: list[tuple[int, float, torch.Tensor]]) -> tuple[int, float] | None:
+    """(batch, value) of the first NaN or infinite loss among `pending`, if any."""
     values = torch.stack([loss for _, _, loss in pending]).tolist()
-    for (batch_id, lr, _), value in zip(pending, values):
+    for (batch_id, _, _), value in zip(pending, values):
         if not math.isfinite(value):
-            raise TrainingError(
-                f"training loss is {value} at epoch {epoch}, batch {batch_id}, "
-                f"lr {lr:.4g}; lower train.max_lr or use train.precision=fp32"
-            )
+            return batch_id, value
+    return None
+
+
+def _check_together(
+    pending: list[tuple[int, float, torch.Tensor]],
+    epoch: int,
+    stop: _StopFlag | None,
+    ranks: Ranks,
+    device: torch.device,
+) -> None:
+    """Stop every rank at the same batch if any rank saw a non-finite loss or a signal."""
+    bad = _first_non_finite(pending)
+    signum = stop.signum if stop is not None else 0
+    none = -(2**62)
+    worst_bad, signum = distributed.max_over_ranks(
+        [-bad[0] if bad else none, signum], ranks, device
+    )
+    if worst_bad != none:
+        batch_id = -worst_bad
+        lr = next(lr for b, lr, _ in pending if b == batch_id)
+        value = bad[1] if bad and bad[0] == batch_id else "not finite (on another rank)"
+        raise TrainingError(
+            f"training loss is {value} at epoch {epoch}, batch {batch_id}, "
+            f"lr {lr:.4g}; lower train.max_lr or use runtime.precision=fp32"
+        )
+    if signum:
+        raise Interrupted(
+            f"stopped by signal {signum} in epoch {epoch}; "
+            "the epochs before it are checkpointed, rerun to resume"
+        )
 
 
 def train_epoch(
     model: nn.Module,
     loader: DeviceLoader,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    scaler: torch.amp.GradScaler,
-    criterion: nn.Module,
+    opt: Optimization,
     runtime: Runtime,
+    *,
     epoch: int,
     stop: _StopFlag | None = None,
-    dist: Dist = ONE_PROCESS,
+    ranks: Ranks = ONE_PROCESS,
 ) -> dict:
     """One pass over `loader`, one optimizer and scheduler step per batch, with a tqdm bar.
 
@@ -100,135 +123,148 @@ def train_epoch(
     loss_sum = torch.zeros((), device=runtime.device)
     correct = torch.zeros((), device=runtime.device, dtype=torch.long)
     seen = 0
-    bar = tqdm(loader, total=len(loader), dynamic_ncols=True, disable=not dist.is_main)
+    every = read_back_every(runtime)
+    bar = tqdm(loader, total=len(loader), dynamic_ncols=True, disable=not ranks.is_main)
     pending: list[tuple[int, float, torch.Tensor]] = []  # losses not yet read back
     for batch_id, (x, y) in enumerate(bar):
         with runtime.autocast():
             logits = model(x)
-            loss = criterion(logits, y)
-        lr = scheduler.get_last_lr()[0]
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
+            loss = opt.criterion(logits, y)
+        lr = opt.scheduler.get_last_lr()[0]
+        opt.optimizer.zero_grad(set_to_none=True)
+        opt.scaler.scale(loss).backward()
+        opt.scaler.step(opt.optimizer)
+        opt.scaler.update()
+        opt.scheduler.step()
         loss_sum += loss.detach() * len(y)
         correct += (logits.argmax(1) == y).sum()
         seen += len(y)
         pending.append((batch_id, lr, loss.detach()))
-        if len(pending) == READ_BACK_EVERY or batch_id == len(loader) - 1:
-            _check_finite(pending, epoch)
+        if len(pending) == every or batch_id == len(loader) - 1:
+            _check_together(pending, epoch, stop, ranks, runtime.device)
             bar.set_description(
                 f"Train: Loss={pending[-1][2].item():.4f} Batch_id={batch_id} "
                 f"Accuracy={100 * correct.item() / seen:.2f}"
             )
             pending.clear()
-        if stop is not None and stop.signum is not None:
-            raise Interrupted(
-                f"stopped by signal {stop.signum} in epoch {epoch}; "
-                f"the epochs before it are checkpointed, rerun to resume"
-            )
     totals = torch.stack([loss_sum, correct.to(loss_sum.dtype), loss_sum.new_tensor(seen)])
-    loss_sum, correct, seen = distributed.sum_over_ranks(totals, dist).tolist()
+    loss_sum, correct, seen = distributed.sum_over_ranks(totals, ranks).tolist()
     return {"train_loss": loss_sum / seen, "train_accuracy": correct / seen, "lr": lr}
+
+
+def _restore(
+    path: Path,
+    fingerprint: str,
+    settings: dict,
+    model: nn.Module,
+    opt: Optimization,
+    loader: DeviceLoader,
+    runtime: Runtime,
+    ranks: Ranks,
+) -> list[dict]:
+    """The history so far if `path` holds this run's checkpoint (now restored), else []."""
+    say = print if ranks.is_main else lambda *args: None
+    state = checkpoint.load(path)
+    if state is None:
+        return []
+    if state.get("fingerprint") != fingerprint:
+        changed = checkpoint.differences(state.get("settings", {}), settings)
+        why = "; ".join(changed[:5]) if changed else "the code, data or torch version differ"
+        say(f"Ignoring {path}: it belongs to another run ({why}); starting afresh")
+        return []
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    try:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["training"])
+        mine = state["ranks"][ranks.rank]
+        loader.load_state_dict(mine["loader"])
+        _set_rng_state(mine["rng"], runtime)
+    except (KeyError, IndexError, RuntimeError, ValueError, TypeError) as error:
+        model.load_state_dict(initial)
+        reason = str(error).splitlines()[0][:200]
+        say(f"Ignoring {path}: it no longer fits the model ({reason}); starting afresh")
+        return []
+    say(f"Resuming from {path} after epoch {len(state['history'])}")
+    return state["history"]
+
+
+def _save_together(path: Path, state: dict, ranks: Ranks, device: torch.device) -> None:
+    """Rank 0 writes the checkpoint; if that fails, every rank stops with the same error."""
+    failure = ""
+    if ranks.is_main:
+        try:
+            checkpoint.save(path, state)
+        except OSError as error:
+            failure = f"cannot write the checkpoint {path}: {error}"
+    (failed,) = distributed.max_over_ranks([int(bool(failure))], ranks, device)
+    if failed:
+        raise TrainingError(failure or "rank 0 could not write the checkpoint")
 
 
 def fit(
     model: nn.Module,
+    *,
     train_loader: DeviceLoader,
     test_loader: DeviceLoader,
     runtime: Runtime,
-    params: TrainParams,
-    optimizer_params: OptimizerParams,
+    train: TrainParams,
+    optimizer: OptimizerParams,
     max_lr: float,
-    checkpoint: Path,
+    checkpoint_path: Path,
     fingerprint: str,
-    dist: Dist = ONE_PROCESS,
+    settings: dict,
+    ranks: Ranks = ONE_PROCESS,
 ) -> list[dict]:
-    """Train for params.epochs and return one row of history per epoch.
+    """Train for train.epochs and return one row of history per epoch.
 
-    After every epoch the whole state goes to `checkpoint`; a later call with
-    the same `fingerprint` (a digest of everything that shapes the run)
-    resumes there, and gives the same result as an uninterrupted run. Under
-    torchrun every rank runs this; rank 0 alone prints and writes.
+    After every epoch the whole state goes to `checkpoint_path`; a later call
+    with the same `fingerprint` (a digest of everything that shapes the run)
+    resumes there and gives the same result as an uninterrupted run.
+    `settings` are the params behind the fingerprint, stored so that a later
+    run can say which differ. Rank 0 alone tests, prints and writes.
     """
-    optimizer = make_optimizer(model, optimizer_params, max_lr)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer,
-        max_lr=max_lr,
-        epochs=params.epochs,
-        steps_per_epoch=len(train_loader),
-        pct_start=params.pct_start,
-        div_factor=params.div_factor,
-        final_div_factor=params.final_div_factor,
-        anneal_strategy=params.anneal_strategy,
-    )
-    scaler = runtime.grad_scaler()
-    criterion = make_criterion(params.label_smoothing)
-    step_model = distributed.wrap(model, dist, params.sync_bn)
-    step_model = torch.compile(step_model) if params.compile else step_model
-    say = print if dist.is_main else lambda *args: None
-    history: list[dict] = []
-
-    if checkpoint.exists():
-        state = torch.load(checkpoint, map_location=runtime.device, weights_only=False)
-        if state["fingerprint"] == fingerprint:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
-            mine = state["ranks"][dist.rank]
-            train_loader.load_state_dict(mine["loader"])
-            _set_rng_state(mine["rng"], runtime)
-            history = state["history"]
-            say(f"Resuming from {checkpoint} after epoch {len(history)}")
-        else:
-            say(f"Ignoring {checkpoint}: it belongs to other params or data; starting afresh")
+    opt = one_cycle(model, optimizer=optimizer, train=train, max_lr=max_lr,
+                    steps_per_epoch=len(train_loader), runtime=runtime)  # fmt: skip
+    step_model = distributed.wrap(model, ranks, train.sync_bn)
+    step_model = torch.compile(step_model) if train.compile else step_model
+    history = _restore(checkpoint_path, fingerprint, settings, model, opt, train_loader,
+                       runtime, ranks)  # fmt: skip
 
     with _StopFlag() as stop:
-        for epoch in range(len(history) + 1, params.epochs + 1):
+        for epoch in range(len(history) + 1, train.epochs + 1):
             start = time.perf_counter()
-            row = train_epoch(
-                step_model, train_loader, optimizer, scheduler, scaler, criterion, runtime,
-                epoch, stop, dist,
-            )  # fmt: skip
+            row = train_epoch(step_model, train_loader, opt, runtime, epoch=epoch, stop=stop,
+                              ranks=ranks)  # fmt: skip
             seconds = time.perf_counter() - start
-            logits = predict(model, test_loader, runtime)
-            test_loss = nn.functional.cross_entropy(logits, test_loader.labels).item()
-            test_correct = int((logits.argmax(1) == test_loader.labels).sum())
-            total = len(test_loader.labels)
-            say(
-                f"Test set: Average loss: {test_loss:.4f}, "
-                f"Accuracy: {test_correct}/{total} ({100 * test_correct / total:.2f}%)"
-            )
+            test = score(model, test_loader, runtime) if ranks.is_main else None
+            if test is not None:
+                print(test)
             history.append(
                 {
                     "epoch": epoch,
                     "train_loss": row["train_loss"],
                     "train_accuracy": row["train_accuracy"],
-                    "test_loss": test_loss,
-                    "test_accuracy": test_correct / total,
+                    "test_loss": test.loss if test else None,
+                    "test_accuracy": test.accuracy if test else None,
                     "lr": row["lr"],
                     "seconds": seconds,
                 }
             )
             state = {
                 "fingerprint": fingerprint,
+                "settings": settings,
                 "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
+                "training": opt.state_dict(),
                 "ranks": distributed.gather(
-                    {"loader": train_loader.state_dict(), "rng": _rng_state(runtime)}, dist
+                    {"loader": train_loader.state_dict(), "rng": _rng_state(runtime)}, ranks
                 ),
                 "history": history,
             }
-            if dist.is_main:
-                write_with(checkpoint, lambda tmp, state=state: torch.save(state, tmp))
-            distributed.barrier(dist)
-            if stop.signum is not None:
+            _save_together(checkpoint_path, state, ranks, runtime.device)
+            (signum,) = distributed.max_over_ranks([stop.signum], ranks, runtime.device)
+            if signum:
                 raise Interrupted(
-                    f"stopped by signal {stop.signum} after epoch {epoch}, which is "
+                    f"stopped by signal {signum} after epoch {epoch}, which is "
                     "checkpointed; rerun to resume"
                 )
     return history

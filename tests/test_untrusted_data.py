@@ -1,0 +1,247 @@
+"""A data source is untrusted: crafted files give one DataError line, never code or an OOM kill."""
+
+import os
+import pickle
+import struct
+import tarfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import add_bytes, write_class_folders, write_official_archive
+from PIL import Image
+
+from beluga import data
+
+BATCHES = "cifar-10-batches-py/"
+
+
+def _official_with(tmp: Path, members: dict[str, bytes]) -> Path:
+    """The tiny official archive with `members` replacing or joining its own."""
+    write_official_archive(tmp / "good.tar.gz")
+    with tarfile.open(tmp / "good.tar.gz") as good, tarfile.open(tmp / "c.tar.gz", "w:gz") as bad:
+        for member in good.getmembers():
+            blob = members.pop(member.name, None) or good.extractfile(member).read()
+            add_bytes(bad, member.name, blob)
+        for name, blob in members.items():
+            add_bytes(bad, name, blob)
+    return tmp / "c.tar.gz"
+
+
+def _refusal(source: Path) -> str:
+    """The one-line message `read_source` refuses `source` with."""
+    with pytest.raises(data.DataError) as error:
+        data.read_source(source, md5=None)
+    message = str(error.value)
+    assert "\n" not in message
+    return message
+
+
+def _batch(pixels: object, labels: object) -> bytes:
+    return pickle.dumps({"data": pixels, "labels": labels})
+
+
+class _WritesFile:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return open, (str(self.path), "w")
+
+
+class _RunsShell(_WritesFile):
+    def __reduce__(self):
+        return os.system, (f"touch {self.path}",)
+
+
+@pytest.mark.parametrize("member", ["data_batch_1", "batches.meta"])
+@pytest.mark.parametrize(
+    ("payload", "refused"), [(_WritesFile, "io.open"), (_RunsShell, "posix.system")]
+)
+def test_pickle_that_would_run_code_is_refused_and_runs_nothing(
+    tmp_path: Path, member: str, payload: type, refused: str
+):
+    planted = tmp_path / "planted"
+    blob = pickle.dumps({"data": payload(planted), "labels": [0]})
+    message = _refusal(_official_with(tmp_path, {BATCHES + member: blob}))
+    assert message == (
+        f"{BATCHES}{member}: refused to load pickled global {refused} "
+        "(only CIFAR-10's arrays, lists, dicts and strings are allowed)"
+    )
+    assert not planted.exists()
+
+
+@pytest.mark.parametrize(
+    ("pixels", "expected"),
+    [
+        (np.zeros((1, 6144), np.uint8), "data has shape (1, 6144), not (N, 3072)"),
+        (np.zeros(6144, np.uint8), "data has shape (6144,), not (N, 3072)"),
+        (np.full((2, 3072), 300), "pixel value 300 out of range 0..255"),
+        (np.full((2, 3072), 0.5), "data holds float64 values, not integers"),
+    ],
+    ids=["two images in one row", "flat", "above 255", "floats"],
+)
+def test_batch_data_of_wrong_shape_or_values_is_refused(
+    tmp_path: Path, pixels: np.ndarray, expected: str
+):
+    source = _official_with(tmp_path, {BATCHES + "data_batch_2": _batch(pixels, [0, 1])})
+    assert _refusal(source).startswith(f"{BATCHES}data_batch_2: {expected}")
+
+
+@pytest.mark.parametrize(
+    ("labels", "expected"),
+    [
+        ([0.5, 1.0], "labels holds float64 values, not integers"),
+        (["3", "1"], "labels holds <U1 values, not integers"),
+        ([True, False], "labels holds bool values, not integers"),
+        ([[0], [1]], "labels have shape (2, 1), not (N,)"),
+    ],
+    ids=["floats", "strings", "booleans", "2-D"],
+)
+def test_batch_labels_that_are_not_integers_are_refused(
+    tmp_path: Path, labels: list, expected: str
+):
+    source = _official_with(
+        tmp_path, {BATCHES + "test_batch": _batch(np.zeros((2, 3072), np.uint8), labels)}
+    )
+    assert _refusal(source) == f"{BATCHES}test_batch: {expected}"
+
+
+def test_image_counts_unlike_the_official_set_are_noted(tmp_path: Path, capsys):
+    md5 = write_official_archive(tmp_path / "c.tar.gz")
+    data.read_source(tmp_path / "c.tar.gz", md5)
+    assert capsys.readouterr().out.splitlines() == [
+        f"note: {tmp_path / 'c.tar.gz'}: 50 train images (the official set has 50,000), "
+        "20 test images (the official set has 10,000)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "image_format"),
+    [("0000.png", "BMP"), ("0000.png", "GIF"), ("0000.png", "TIFF"), ("0005.bmp", "BMP")],
+)
+def test_images_that_are_not_png_or_jpeg_are_refused(tmp_path: Path, name: str, image_format: str):
+    write_class_folders(tmp_path / "f")
+    Image.new("RGB", (32, 32), (1, 2, 3)).save(tmp_path / "f/train/cat" / name, image_format)
+    assert _refusal(tmp_path / "f") == (
+        f"train/cat/{name}: not a readable image (not a PNG or JPEG image)"
+    )
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that declares width x height but holds a few bytes of pixels: decoding would fail."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+        + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize(
+    ("side", "expected"),
+    [
+        (8000, "image is 8000x8000, not 32x32"),
+        (10000, "image is 10000x10000, not 32x32"),  # PIL warns of a decompression bomb
+        (20000, "image is far larger than 32x32 (Image size (400000000 pixels) exceeds"),
+    ],
+)
+def test_image_size_is_checked_from_the_header_before_decoding(
+    tmp_path: Path, side: int, expected: str
+):
+    write_class_folders(tmp_path / "f")
+    (tmp_path / "f/test/dog/0001.png").write_bytes(_png_header(side, side))
+    assert _refusal(tmp_path / "f").startswith(f"test/dog/0001.png: {expected}")
+
+
+def _zeros_member(tmp: Path) -> Path:
+    """A class-folder archive with a 4 MB member that compresses to a few KB."""
+    write_class_folders(tmp / "f")
+    with tarfile.open(tmp / "bomb.tar.gz", "w:gz") as archive:
+        archive.add(tmp / "f", arcname="cifar")
+        add_bytes(archive, "cifar/train/cat/bomb.png", bytes(4 * 2**20))
+    return tmp / "bomb.tar.gz"
+
+
+def _official(tmp: Path) -> Path:
+    write_official_archive(tmp / "c.tar.gz")
+    return tmp / "c.tar.gz"
+
+
+@pytest.mark.parametrize(
+    ("make", "cap", "value", "expected"),
+    [
+        (_zeros_member, "MAX_FILE_BYTES", 2**20, "cifar/train/cat/bomb.png: larger than 1,048,576"),
+        (_official, "MAX_FILE_BYTES", 10_000, f"{BATCHES}data_batch_1: larger than 10,000 bytes"),
+        (_official, "MAX_FILES", 5, "more than 5 files or members"),
+        (_official, "MAX_TOTAL_BYTES", 50_000, "more than 50,000 bytes of files"),
+    ],
+    ids=["compression bomb", "file size", "file count", "total size"],
+)
+def test_reading_stops_at_the_caps(
+    tmp_path: Path, monkeypatch, make, cap: str, value: int, expected: str
+):
+    source = make(tmp_path)
+    monkeypatch.setattr(data, cap, value)
+    assert expected in _refusal(source)
+
+
+def test_system_files_are_skipped_with_a_note(tmp_path: Path, capsys):
+    root = tmp_path / "f"
+    write_class_folders(root)
+    junk = ["train/cat/.DS_Store", "test/dog/Thumbs.db", "train/desktop.ini",
+            "__MACOSX/train/cat/._0000.png", "train/.ipynb_checkpoints/0000.png"]  # fmt: skip
+    for name in junk:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"\0\5\1junk")
+    cifar = data.read_source(root)
+    assert cifar.train.images.shape == (50, 32, 32, 3)
+    notes = [line for line in capsys.readouterr().out.splitlines() if "hidden or system" in line]
+    assert len(notes) == 1 and notes[0].startswith(f"note: {root}: skipped 5 hidden or system")
+
+
+def _member_twice(tmp: Path) -> Path:
+    write_class_folders(tmp / "f")
+    with tarfile.open(tmp / "c.tar.gz", "w:gz") as archive:
+        archive.add(tmp / "f", arcname="cifar")
+        add_bytes(
+            archive, "./cifar/train/cat/0000.png", (tmp / "f/train/cat/0000.png").read_bytes()
+        )
+    return tmp / "c.tar.gz"
+
+
+def _class_at_two_depths(tmp: Path) -> Path:
+    write_class_folders(tmp / "f" / "a")
+    (tmp / "f/b/train/cat").mkdir(parents=True)
+    Image.new("RGB", (32, 32)).save(tmp / "f/b/train/cat/0099.png")
+    return tmp / "f"
+
+
+def _batch_twice(tmp: Path) -> Path:
+    blob = _batch(np.zeros((2, 3072), np.uint8), [0, 1])
+    return _official_with(tmp, {"old/cifar-10-batches-py/data_batch_3": blob})
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (_member_twice, "cifar/train/cat/0000.png appears twice (as 'cifar/train/cat/0000.png' "
+                        "and './cifar/train/cat/0000.png')"),
+        (_class_at_two_depths, "class folders in two places, a/test/airplane/ and b/train/cat/"),
+        (_batch_twice, "data_batch_3 is there twice, cifar-10-batches-py/data_batch_3 and "
+                       "old/cifar-10-batches-py/data_batch_3"),
+    ],
+    ids=["same archive member twice", "class at two depths", "batch twice"],
+)  # fmt: skip
+def test_duplicates_are_refused_not_merged(tmp_path: Path, make, expected: str):
+    message = _refusal(make(tmp_path))
+    assert expected in message, message
