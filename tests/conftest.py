@@ -144,3 +144,19 @@ def make_project(root: Path, **params: dict) -> Path:
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     return make_project(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def reproduced(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny project after a full `dvc repro`, made once; copy it before changing it."""
+    repo = make_project(tmp_path_factory.mktemp("reproduced"))
+    sh("dvc", "repro", cwd=repo)
+    return repo
+
+
+@pytest.fixture
+def reproduced_copy(reproduced: Path, tmp_path: Path) -> Path:
+    """A private copy of `reproduced` (git history, DVC cache and outputs included)."""
+    copy = tmp_path / "project"
+    shutil.copytree(reproduced, copy, symlinks=True)
+    return copy

@@ -62,8 +62,8 @@ def threads_per_rank(nproc: int) -> int:
     return max(1, (os.cpu_count() or 1) // nproc)
 
 
-def launch(nproc: int, script: Path) -> int:
-    """Run `script` as `nproc` ranks on this machine; return the exit code to end with.
+def launch(nproc: int, script: Path, *args: str) -> int:
+    """Run `script args` as `nproc` ranks on this machine; return the exit code to end with.
 
     The ranks print their own one-line errors; the engine's failure report,
     which repeats them with tracebacks, is silenced.
@@ -77,7 +77,7 @@ def launch(nproc: int, script: Path) -> int:
         monitor_interval=0.1,
     )  # fmt: skip
     try:
-        elastic_launch(config, sys.executable)(str(script))
+        elastic_launch(config, sys.executable)(str(script), *args)
     except ChildFailedError as error:
         return max(failure.exitcode for failure in error.failures.values())
     except SignalException:

@@ -1,0 +1,67 @@
+"""Two ranks of real training, launched as the train stage launches them, with one rank sabotaged.
+
+    python tests/rank_probe.py OUT nan|sigterm
+
+`nan`: rank 1's loss turns NaN at its third batch. `sigterm`: each rank writes its pid
+to OUT/rank<R>.pid and the test sends SIGTERM to rank 1. Every rank must stop at the
+same batch, rank 0 alone printing the one-line error, and the launcher exit with the
+ranks' code.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from conftest import CPU, DEFAULTS
+
+from beluga import distributed, optim
+from beluga.cli import stage
+from beluga.loader import DeviceLoader
+from beluga.model import ResNet9
+from beluga.train import fit
+
+out, mode = Path(sys.argv[1]), sys.argv[2]
+
+
+class _NaNAfter(torch.nn.CrossEntropyLoss):
+    """The usual loss, but NaN from its `after`-th call on."""
+
+    def __init__(self, after: int) -> None:
+        super().__init__()
+        self.calls, self.after = 0, after
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        loss = super().forward(logits, target)
+        return loss * float("nan") if self.calls >= self.after else loss
+
+
+@stage
+def worker() -> None:
+    distributed.die_with_launcher()
+    ranks = distributed.init_from_env("cpu")
+    (out / f"rank{ranks.rank}.pid").write_text(str(os.getpid()))
+    if mode == "nan" and ranks.rank == 1:
+        optim.make_criterion = lambda smoothing: _NaNAfter(3)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (2048, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, 2048)
+    train = DEFAULTS.train.model_copy(update={"epochs": 50, "batch_size": 32})
+    try:
+        fit(ResNet9(), train_loader=DeviceLoader(images, labels, 32, CPU, shuffle=True,
+                                                 ranks=ranks),
+            test_loader=DeviceLoader(images[:64], labels[:64], 64, CPU), runtime=CPU,
+            train=train, optimizer=DEFAULTS.optimizer, max_lr=0.01,
+            checkpoint_path=out / "ckpt.pt", fingerprint="probe", settings={},
+            ranks=ranks)  # fmt: skip
+    finally:
+        distributed.close(ranks)
+
+
+if __name__ == "__main__":
+    if distributed.is_worker():
+        worker()
+    else:
+        sys.exit(distributed.launch(2, Path(__file__), *sys.argv[1:]))

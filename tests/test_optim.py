@@ -1,0 +1,57 @@
+"""OneCycleLR cycles momentum as params.yaml says; the range test starts where training does."""
+
+import numpy as np
+import pytest
+from conftest import CPU, DEFAULTS
+
+from beluga import lr_find
+from beluga.loader import DeviceLoader
+from beluga.model import ResNet9
+from beluga.optim import one_cycle
+
+
+def _momenta(cycle: bool, name: str = "sgd") -> list[float]:
+    train = DEFAULTS.train.model_copy(update={"epochs": 4, "pct_start": 0.25,
+                                              "cycle_momentum": cycle})  # fmt: skip
+    optimizer = DEFAULTS.optimizer.model_copy(update={"name": name, "momentum": 0.95})
+    opt = one_cycle(ResNet9(), optimizer=optimizer, train=train, max_lr=0.1, steps_per_epoch=10,
+                    runtime=CPU)  # fmt: skip
+    key = "momentum" if name == "sgd" else "betas"
+    seen = []
+    for _ in range(40):
+        value = opt.optimizer.param_groups[0][key]
+        seen.append(value if name == "sgd" else value[0])
+        opt.optimizer.step()
+        opt.scheduler.step()
+    return seen
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_cycled_momentum_runs_from_optimizer_momentum_down_to_base_and_back(name: str):
+    seen = _momenta(cycle=True, name=name)
+    assert seen[0] == pytest.approx(0.95)
+    assert min(seen) == pytest.approx(DEFAULTS.train.base_momentum) == seen[9]
+    assert seen[-1] == pytest.approx(0.95, abs=1e-3)
+
+
+def test_without_cycling_the_momentum_stays_at_optimizer_momentum():
+    assert set(_momenta(cycle=False)) == {0.95}
+
+
+def test_range_test_runs_at_the_momentum_training_starts_with(monkeypatch):
+    used = []
+    real = lr_find.make_optimizer
+
+    def spy(model, params, lr):
+        optimizer = real(model, params, lr)
+        used.append(optimizer.param_groups[0]["momentum"])
+        return optimizer
+
+    monkeypatch.setattr(lr_find, "make_optimizer", spy)
+    rng = np.random.default_rng(0)
+    loader = DeviceLoader(rng.integers(0, 256, (32, 32, 32, 3), dtype=np.uint8),
+                          rng.integers(0, 10, 32), 16, CPU)  # fmt: skip
+    finder = DEFAULTS.lr_find.model_copy(update={"num_iter": 20, "skip_start": 2, "skip_end": 2})
+    lr_find.run_range_test(ResNet9(), loader, CPU, optimizer=DEFAULTS.optimizer,
+                           label_smoothing=0.0, params=finder)  # fmt: skip
+    assert used == [DEFAULTS.optimizer.momentum]

@@ -1,0 +1,260 @@
+"""What DVC, the README and the params promise holds on every path: up to date, resume, locks."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import (
+    CPU,
+    DEFAULTS,
+    ROOT,
+    make_project,
+    set_params,
+    sh,
+    tool_env,
+    write_class_folders,
+)
+
+from beluga import checkpoint
+from beluga.atomic import write_text
+from beluga.loader import DeviceLoader
+from beluga.model import ResNet9
+from beluga.optim import one_cycle
+from beluga.train import _restore
+
+STAGES = ("download", "lr_find", "train", "evaluate", "report")
+
+
+def _stale(project: Path) -> set[str]:
+    status = json.loads(sh("dvc", "status", "--json", cwd=project).stdout)
+    return set(status)
+
+
+# --- DVC's "up to date" -------------------------------------------------------------------------
+
+
+def test_a_changed_source_file_at_the_same_path_reruns_download(tmp_path: Path):
+    write_class_folders(tmp_path / "folders")
+    project = make_project(tmp_path, data={"source": str(tmp_path / "folders"), "md5": None})
+    sh("dvc", "repro", "download", cwd=project)
+    before = (project / "data/cifar10.npz").read_bytes()
+    assert "download" not in _stale(project)
+
+    image = tmp_path / "folders/train/cat/0000.png"
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (255, 0, 0)).save(image)
+    assert "download" in _stale(project)
+    sh("dvc", "repro", "download", cwd=project)
+    assert (project / "data/cifar10.npz").read_bytes() != before
+
+
+@pytest.mark.parametrize("library_file", ["figures.py", "distributed.py", "data.py", "runtime.py"])
+def test_editing_any_library_file_makes_every_stage_stale(reproduced_copy: Path, library_file: str):
+    assert _stale(reproduced_copy) == set()
+    with open(reproduced_copy / "src/beluga" / library_file, "a") as handle:
+        handle.write("\n# edited\n")
+    assert _stale(reproduced_copy) == set(STAGES)
+
+
+# --- resume ---------------------------------------------------------------------------------
+
+
+def _tiny_fit_inputs(tmp_path: Path):
+    rng = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (64, 32, 32, 3), generator=rng, dtype=torch.uint8).numpy()
+    labels = torch.randint(0, 10, (64,), generator=rng).numpy()
+    loader = DeviceLoader(images, labels, 16, CPU, augment=DEFAULTS.augment, shuffle=True)
+    model = ResNet9()
+    train = DEFAULTS.train.model_copy(update={"epochs": 2, "batch_size": 16})
+    opt = one_cycle(model, optimizer=DEFAULTS.optimizer, train=train, max_lr=0.05,
+                    steps_per_epoch=len(loader), runtime=CPU)  # fmt: skip
+    return model, opt, loader
+
+
+def test_checkpoint_is_loaded_to_the_cpu_whatever_wrote_it(tmp_path: Path, monkeypatch):
+    model, opt, loader = _tiny_fit_inputs(tmp_path)
+    path = tmp_path / "ckpt.pt"
+    state = {
+        "fingerprint": "f", "settings": {}, "model": model.state_dict(),
+        "training": opt.state_dict(), "history": [{"epoch": 1}],
+        "ranks": [{"loader": loader.state_dict(), "rng": {"torch": torch.get_rng_state()}}],
+    }  # fmt: skip
+    checkpoint.save(path, state)
+    seen = {}
+    real_load = torch.load
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    loaded = checkpoint.load(path)
+    assert seen["map_location"] == "cpu"
+    tensors = [loaded["ranks"][0]["rng"]["torch"], *loaded["ranks"][0]["loader"].values()]
+    assert all(t.device.type == "cpu" and t.dtype == torch.uint8 for t in tensors)
+    history = _restore(path, "f", {}, model, opt, loader, CPU, checkpoint_ranks())
+    assert history == [{"epoch": 1}]
+
+
+def checkpoint_ranks():
+    from beluga.distributed import ONE_PROCESS
+
+    return ONE_PROCESS
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", None])
+def test_an_unreadable_or_unfitting_checkpoint_is_one_line_then_a_fresh_start(
+    tmp_path: Path, capsys, content: bytes | None
+):
+    model, opt, loader = _tiny_fit_inputs(tmp_path)
+    path = tmp_path / "ckpt.pt"
+    if content is None:  # a readable checkpoint of a network of another shape
+        other = ResNet9(num_classes=7)
+        checkpoint.save(path, {"fingerprint": "f", "settings": {}, "model": other.state_dict(),
+                               "training": {}, "ranks": [], "history": [{}]})  # fmt: skip
+    else:
+        path.write_bytes(content)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert _restore(path, "f", {}, model, opt, loader, CPU, checkpoint_ranks()) == []
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Ignoring {path}") and "afresh" in lines[0]
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_checkpoint_of_other_params_names_the_keys_that_differ(tmp_path: Path, capsys):
+    model, opt, loader = _tiny_fit_inputs(tmp_path)
+    path = tmp_path / "ckpt.pt"
+    old = {"train": {"epochs": 4, "label_smoothing": 0.2}, "seed": 0}
+    new = {"train": {"epochs": 4, "label_smoothing": 0.1}, "seed": 0}
+    checkpoint.save(path, {"fingerprint": "old", "settings": old})
+    assert _restore(path, "new", new, model, opt, loader, CPU, checkpoint_ranks()) == []
+    assert "train.label_smoothing: 0.2 -> 0.1" in capsys.readouterr().out
+
+
+def test_the_fingerprint_covers_code_and_data(tmp_path: Path):
+    data = tmp_path / "d.npz"
+    data.write_bytes(b"a")
+    script = tmp_path / "stage.py"
+    script.write_text("x = 1\n")
+    first = checkpoint.fingerprint({"a": 1}, data, checkpoint.code_digest(script))
+    script.write_text("x = 2\n")
+    assert checkpoint.fingerprint({"a": 1}, data, checkpoint.code_digest(script)) != first
+    script.write_text("x = 1\n")
+    assert checkpoint.fingerprint({"a": 1}, data, checkpoint.code_digest(script)) == first
+    data.write_bytes(b"b")
+    assert checkpoint.fingerprint({"a": 1}, data, checkpoint.code_digest(script)) != first
+
+
+def test_temporary_files_of_a_killed_write_are_removed_at_the_next(tmp_path: Path):
+    target = tmp_path / "metrics.json"
+    (tmp_path / ".metrics.json.abc123.json.tmp").write_text("half")
+    write_text(target, "{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+
+
+# --- one training run per workspace, and ranks that die with their launcher -----------------
+
+SLOW = {"train": {"epochs": 50, "batch_size": 8}}
+
+
+def _wait_for(condition, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _train_processes(project: Path) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and Path(os.readlink(proc / "cwd")) == project:
+                if b"stages/train.py" in (proc / "cmdline").read_bytes():
+                    pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_a_second_training_run_is_refused_naming_the_first(tmp_path: Path):
+    project = make_project(tmp_path, **SLOW)
+    sh("dvc", "repro", "lr_find", cwd=project)
+    first = subprocess.Popen([sys.executable, "stages/train.py"], cwd=project, env=tool_env(),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        _wait_for(lambda: (project / "checkpoints/train.pt").exists())
+        second = sh(sys.executable, "stages/train.py", cwd=project, check=False)
+        assert second.returncode == 1
+        assert second.stderr.strip() == (
+            f"error: another training run (pid {first.pid}) is using this workspace "
+            "(checkpoints/train.pt.lock); wait for it to end or stop it"
+        )
+    finally:
+        first.kill()
+        first.wait()
+
+
+def test_ranks_die_with_their_launcher_and_the_workspace_is_free_again(tmp_path: Path):
+    project = make_project(tmp_path, **SLOW)
+    set_params(project, train={"nproc": 2})
+    sh("dvc", "repro", "lr_find", cwd=project)
+    run = subprocess.Popen(["dvc", "repro"], cwd=project, env=tool_env(), start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    _wait_for(lambda: (project / "checkpoints/train.pt").exists())
+    ranks = [pid for pid in _train_processes(project) if os.getsid(pid) != run.pid]
+    assert len(ranks) == 2, ranks
+    os.killpg(run.pid, signal.SIGKILL)  # what a job runner does: the group, not the ranks
+    run.wait()
+    _wait_for(lambda: not _train_processes(project), seconds=10)
+    resumed = sh("dvc", "repro", cwd=project, check=False)
+    assert "another training run" not in resumed.stderr
+
+
+# --- ranks decide together ----------------------------------------------------------------------
+
+
+def _probe(tmp_path: Path, mode: str) -> subprocess.Popen:
+    env = {**tool_env(), "PYTHONPATH": str(ROOT / "tests")}
+    return subprocess.Popen([sys.executable, str(ROOT / "tests/rank_probe.py"), str(tmp_path),
+                             mode], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+
+
+def test_non_finite_loss_on_one_rank_stops_both_with_one_line(tmp_path: Path):
+    run = _probe(tmp_path, "nan")
+    _, stderr = run.communicate(timeout=300)
+    assert run.returncode == 1, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, stderr
+    assert "at epoch 1, batch 2," in errors[0] and "not finite (on another rank)" in errors[0]
+
+
+def test_sigterm_to_one_rank_stops_both_with_exit_code_130(tmp_path: Path):
+    run = _probe(tmp_path, "sigterm")
+    _wait_for(lambda: (tmp_path / "rank1.pid").exists() and (tmp_path / "rank0.pid").exists())
+    time.sleep(1)
+    os.kill(int((tmp_path / "rank1.pid").read_text()), signal.SIGTERM)
+    _, stderr = run.communicate(timeout=300)
+    assert run.returncode == 130, stderr
+    lines = [line for line in stderr.splitlines() if line.startswith(("error:", "interrupted:"))]
+    assert len(lines) == 1 and lines[0].startswith("interrupted: stopped by signal 15"), stderr
+
+
+def test_a_failing_train_stage_is_one_line_before_any_rank_starts(tmp_path: Path):
+    project = make_project(tmp_path)
+    sh("dvc", "repro", "lr_find", cwd=project)
+    set_params(project, train={"epochs": 0, "nproc": 2})
+    result = sh("dvc", "repro", "train", cwd=project, check=False)
+    assert result.returncode != 0
+    assert (
+        "error: params.yaml: train.epochs: Input should be greater than 0 (got 0)" in result.stderr
+    )
+    assert "Traceback" not in result.stderr and "ChildFailedError" not in result.stderr
+    assert "Launching" not in result.stdout
