@@ -7,7 +7,7 @@ from beluga.atomic import write_json, write_with
 from beluga.cli import stage
 from beluga.loader import DeviceLoader
 from beluga.lr_find import run_range_test, suggest, usable
-from beluga.model import ResNet9
+from beluga.model import build_model
 from beluga.params import check_batch_size, load_params
 from beluga.runtime import resolve, seed_everything
 
@@ -23,7 +23,7 @@ def main() -> None:
     loader = DeviceLoader(cifar.train.images, cifar.train.labels, params.train.batch_size,
                           runtime, augment=params.augment, shuffle=True,
                           seed=params.seed)  # fmt: skip
-    model = runtime.prepare(ResNet9(len(cifar.classes), params.model.logit_scale))
+    model = runtime.prepare(build_model(params.model, len(cifar.classes), cifar.train.images))
     curve = run_range_test(model, loader, runtime, optimizer=params.optimizer,
                            label_smoothing=params.train.label_smoothing,
                            params=finder)  # fmt: skip

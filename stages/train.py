@@ -15,7 +15,7 @@ from beluga import checkpoint, data, distributed, figures
 from beluga.atomic import write_json, write_with
 from beluga.cli import stage
 from beluga.loader import DeviceLoader
-from beluga.model import ResNet9, save_model
+from beluga.model import build_model, save_model
 from beluga.params import Params, check_batch_size, load_params
 from beluga.runtime import Runtime, resolve, seed_everything
 from beluga.train import fit
@@ -58,7 +58,7 @@ def _train(params: Params, cifar: data.Cifar, runtime: Runtime) -> None:
                                     seed=params.seed, ranks=ranks)  # fmt: skip
         test_loader = DeviceLoader(cifar.test.images, cifar.test.labels,
                                    params.evaluate.batch_size, runtime)  # fmt: skip
-        model = runtime.prepare(ResNet9(len(cifar.classes), params.model.logit_scale))
+        model = runtime.prepare(build_model(params.model, len(cifar.classes), cifar.train.images))
         if ranks.is_main:
             print(f"Training on {ranks.world_size} x {runtime.device} in {runtime.precision}, "
                   f"max_lr {max_lr:.4g}")  # fmt: skip
@@ -67,7 +67,7 @@ def _train(params: Params, cifar: data.Cifar, runtime: Runtime) -> None:
             "max_lr": max_lr, "precision": runtime.precision, "device": runtime.device.type,
             "eval_batch": params.evaluate.batch_size,
         }  # fmt: skip
-        history = fit(
+        history, kept = fit(
             model, train_loader=train_loader, test_loader=test_loader, runtime=runtime,
             train=train, optimizer=params.optimizer, max_lr=max_lr,
             checkpoint_path=Path(paths.checkpoint),
@@ -79,7 +79,7 @@ def _train(params: Params, cifar: data.Cifar, runtime: Runtime) -> None:
     finally:
         distributed.close(ranks)
     if ranks.is_main:
-        save_model(paths.model, model, cifar.classes)
+        save_model(paths.model, kept, cifar.classes)
         _write_outputs(params, pd.DataFrame(history), runtime, max_lr)
 
 

@@ -83,3 +83,21 @@ def test_augmented_epochs_are_shuffled_and_repeatable_from_a_seed():
     a.load_state_dict(state)
     again = [x for x, _ in a]
     assert all(torch.equal(p, q) for p, q in zip(after, again))
+
+
+def test_alternate_flips_mirror_each_image_in_every_other_epoch_and_resume():
+    images, labels = _images(64)
+    augment = DEFAULTS.augment.model_copy(
+        update={"flip": "alternate", "crop_padding": 0, "cutout_size": 0}
+    )
+    loader = DeviceLoader(images, labels, 64, CPU, augment=augment)
+    plain = next(iter(DeviceLoader(images, labels, 64, CPU)))[0]
+    first, second = next(iter(loader))[0], next(iter(loader))[0]
+    mirrored = [torch.equal(first[i], plain[i].flip(2)) for i in range(64)]
+    assert 16 < sum(mirrored) < 48
+    for i in range(64):
+        assert torch.equal(second[i], plain[i] if mirrored[i] else plain[i].flip(2))
+    state = loader.state_dict()
+    third = next(iter(loader))[0]
+    loader.load_state_dict(state)
+    assert torch.equal(next(iter(loader))[0], third) and torch.equal(third, first)

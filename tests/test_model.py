@@ -1,6 +1,9 @@
+import numpy as np
 import torch
+from conftest import DEFAULTS
 
-from beluga.model import ResNet9
+from beluga.loader import MEAN, STD
+from beluga.model import ResNet9, build_model, load_model, save_model
 
 
 def test_parameter_count_matches_the_reference_table():
@@ -26,3 +29,39 @@ def test_logit_scale_multiplies_the_output_without_adding_parameters():
     x = torch.randn(3, 3, 32, 32)
     torch.testing.assert_close(scaled(x), plain(x) * 0.125)
     assert sum(p.numel() for p in scaled.parameters()) == 6_573_130
+
+
+def _trainable(model) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def test_whiten_stem_keeps_the_learnt_weights_and_freezes_filters_from_the_data(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (600, 32, 32, 3), dtype=np.uint8)
+    params = DEFAULTS.model.model_copy(update={"stem": "whiten", "activation": "celu"})
+    model = build_model(params, 10, images)
+    assert _trainable(model) == 6_573_130
+    filters = model.prep[0].weight
+    assert not filters.requires_grad and filters.shape == (27, 3, 3, 3)
+    # whitened patches are decorrelated, with about unit variance (less the eps's share)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    x = (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    out = torch.nn.functional.conv2d(x, filters)
+    cov = torch.cov(out.permute(1, 0, 2, 3).reshape(27, -1))
+    variances = cov.diagonal()
+    assert (cov - torch.diag(variances)).abs().max() < 0.05
+    assert ((variances > 0.5) & (variances < 1.05)).all()
+
+    save_model(tmp_path / "m.pt", model, tuple("abcdefghij"))
+    again, _ = load_model(tmp_path / "m.pt")
+    assert again.config == model.config and torch.equal(again.prep[0].weight, filters)
+    batch = torch.randn(2, 3, 32, 32)
+    assert torch.equal(model.eval()(batch), again.eval()(batch))
+
+
+def test_frozen_bn_scale_leaves_only_the_bn_scales_untrained():
+    frozen = ResNet9(freeze_bn_scale=True)
+    bn_scales = sum(
+        m.weight.numel() for m in frozen.modules() if isinstance(m, torch.nn.BatchNorm2d)
+    )
+    assert _trainable(frozen) == 6_573_130 - bn_scales

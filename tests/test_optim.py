@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 from conftest import CPU, DEFAULTS
 
 from beluga import lr_find
@@ -55,3 +56,22 @@ def test_range_test_runs_at_the_momentum_training_starts_with(monkeypatch):
     lr_find.run_range_test(ResNet9(), loader, CPU, optimizer=DEFAULTS.optimizer,
                            label_smoothing=0.0, params=finder)  # fmt: skip
     assert used == [DEFAULTS.optimizer.momentum]
+
+
+def test_ema_is_the_model_kept_and_trails_the_trained_weights():
+    train = DEFAULTS.train.model_copy(update={"epochs": 1, "ema_decay": 0.5})
+    model = ResNet9()
+    opt = one_cycle(model, optimizer=DEFAULTS.optimizer, train=train, max_lr=0.1,
+                    steps_per_epoch=3, runtime=CPU)  # fmt: skip
+    assert opt.kept(model) is opt.ema.module
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    weights = []
+    for _ in range(3):
+        opt.step(opt.criterion(model(x), y), model)
+        weights.append(model.head[2].weight.detach().clone())
+    expected = weights[0]
+    for w in weights[1:]:
+        expected = 0.5 * expected + 0.5 * w
+    torch.testing.assert_close(opt.ema.module.head[2].weight, expected)
+    state = opt.state_dict()
+    assert state["ema"] is not None

@@ -1,3 +1,5 @@
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -60,17 +62,14 @@ def test_bad_values_name_the_key_in_one_line(raw, message):
     assert "\n" not in str(error.value)
 
 
-def test_stage_refuses_bad_params_before_any_work(tmp_path: Path):
-    import subprocess
-    import sys
+def _run_stage(name: str, params: dict, cwd: Path) -> subprocess.CompletedProcess:
+    (cwd / "params.yaml").write_text(yaml.safe_dump(params))
+    return subprocess.run([sys.executable, str(ROOT / "stages" / f"{name}.py")], cwd=cwd,
+                          capture_output=True, text=True)  # fmt: skip
 
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["train"]["epoch"] = 3
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "stages" / "download.py")],
-        cwd=tmp_path, capture_output=True, text=True,
-    )  # fmt: skip
+
+def test_stage_refuses_bad_params_before_any_work(tmp_path: Path):
+    result = _run_stage("download", _changed({"train": {"epoch": 3}}), tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip() == (
         "error: params.yaml: train.epoch: unknown key "
@@ -87,15 +86,7 @@ def test_a_missing_section_is_named():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 def test_cuda_without_a_gpu_is_one_line_from_any_stage(tmp_path: Path):
-    import subprocess
-    import sys
-
-    params = _changed({"runtime": {"device": "cuda"}})
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "stages" / "lr_find.py")],
-        cwd=tmp_path, capture_output=True, text=True,
-    )  # fmt: skip
+    result = _run_stage("lr_find", _changed({"runtime": {"device": "cuda"}}), tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip() == (
         "error: params.yaml: runtime.device: cuda, but no GPU is visible; use auto or cpu"

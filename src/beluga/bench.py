@@ -30,7 +30,7 @@ from . import data
 from .atomic import write_json
 from .evaluate import predict
 from .loader import MEAN, STD, DeviceLoader
-from .model import ResNet9
+from .model import ResNet9, build_model
 from .optim import Optimization, one_cycle
 from .params import Params, RuntimeParams, load_params
 from .runtime import Runtime, cpu_has_bf16, resolve
@@ -92,10 +92,10 @@ def timed(run: Callable[[], int], device: torch.device, warmup: int, repeats: in
 
 
 def _setup(
-    params: Params, runtime: Runtime, batch_size: int, steps: int
+    params: Params, runtime: Runtime, images: np.ndarray, batch_size: int, steps: int
 ) -> tuple[ResNet9, Optimization]:
     """params.yaml's model and OneCycleLR training, set up for `steps` batches of `batch_size`."""
-    model = runtime.prepare(ResNet9(logit_scale=params.model.logit_scale))
+    model = runtime.prepare(build_model(params.model, 10, images))
     train = params.train.model_copy(update={"epochs": 1, "batch_size": batch_size})
     opt = one_cycle(model, optimizer=params.optimizer, train=train, max_lr=0.1,
                     steps_per_epoch=steps, runtime=runtime)  # fmt: skip
@@ -103,10 +103,11 @@ def _setup(
 
 
 def ceiling(
-    params: Params, runtime: Runtime, batch_size: int, steps: int, warmup: int, repeats: int
-) -> float:
+    params: Params, runtime: Runtime, images: np.ndarray, batch_size: int, steps: int,
+    warmup: int, repeats: int,
+) -> float:  # fmt: skip
     """(a) The bare step on random tensors already on the device."""
-    model, opt = _setup(params, runtime, batch_size, steps * (warmup + repeats))
+    model, opt = _setup(params, runtime, images, batch_size, steps * (warmup + repeats))
     x = torch.randn(batch_size, 3, 32, 32, device=runtime.device)
     x = x.contiguous(memory_format=runtime.memory_format)
     y = torch.randint(0, 10, (batch_size,), device=runtime.device)
@@ -116,10 +117,7 @@ def ceiling(
         for _ in range(steps):
             with runtime.autocast():
                 loss = opt.criterion(model(x), y)
-            opt.optimizer.zero_grad(set_to_none=True)
-            opt.scaler.scale(loss).backward()
-            opt.scaler.step(opt.optimizer)
-            opt.scaler.update()
+            opt.step(loss, model)
         return steps * batch_size
 
     return timed(run, runtime.device, warmup, repeats)
@@ -132,7 +130,7 @@ def beluga_rates(
     """(b) Whole epochs of beluga's loop over `images`, and evaluation over them."""
     loader = DeviceLoader(images, labels, batch_size, runtime, augment=params.augment,
                           shuffle=True)  # fmt: skip
-    model, opt = _setup(params, runtime, batch_size, len(loader) * (repeats + 1))
+    model, opt = _setup(params, runtime, images, batch_size, len(loader) * (repeats + 1))
 
     def epoch() -> int:
         train_epoch(model, loader, opt, runtime, epoch=1)
@@ -177,7 +175,7 @@ def reference_rate(
                         shuffle=True, num_workers=2, persistent_workers=True,
                         pin_memory=device.type == "cuda")  # fmt: skip
     runtime = Runtime(device, "fp32", channels_last=False)
-    model, opt = _setup(params, runtime, batch_size, len(loader) * (repeats + 1))
+    model, opt = _setup(params, runtime, images, batch_size, len(loader) * (repeats + 1))
 
     def epoch() -> int:
         model.train()
@@ -215,7 +213,9 @@ def main(argv: list[str] | None = None) -> dict:
     steps = max(1, len(labels) // args.batch_size)
     print(f"{machine()['cpu']} | {runtime.device} {runtime.precision} | {len(labels)} images "
           f"from {source}")  # fmt: skip
-    results = {"ceiling_img_s": ceiling(params, runtime, args.batch_size, steps, 1, repeats)}
+    results = {
+        "ceiling_img_s": ceiling(params, runtime, images, args.batch_size, steps, 1, repeats)
+    }
     print(f"(a) ceiling:   {results['ceiling_img_s']:8.1f} img/s")
     results["train_img_s"], results["eval_img_s"] = beluga_rates(
         params, runtime, images, labels, args.batch_size, repeats

@@ -37,10 +37,14 @@ def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> to
     return padded[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
 
+def mirror(x: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
+    """Mirror left-right the images where `which` (a bool per image) is true."""
+    return torch.where(which[:, None, None, None], x.flip(3), x)
+
+
 def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Mirror each image left-right with probability 1/2."""
-    flip = torch.rand(x.shape[0], device=x.device, generator=generator) < 0.5
-    return torch.where(flip[:, None, None, None], x.flip(3), x)
+    return mirror(x, torch.rand(x.shape[0], device=x.device, generator=generator) < 0.5)
 
 
 def cutout(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
@@ -92,6 +96,12 @@ class DeviceLoader:
         if ranks.enabled:
             self.augment_generator = torch.Generator(device=device)
             self.augment_generator.manual_seed(seed + 1000 * (ranks.rank + 1))
+        # alternate flips (airbench): a random half of the images mirrored in even epochs, the
+        # other half in odd ones, so every image is seen both ways every two epochs.
+        self.epoch = 0
+        if augment is not None and augment.flip == "alternate":
+            parity = torch.Generator().manual_seed(seed)
+            self.flip_parity = torch.randint(0, 2, (len(labels),), generator=parity).to(device)
         self.mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(STD, device=device).view(1, 3, 1, 1) * 255
 
@@ -108,14 +118,17 @@ class DeviceLoader:
         if aug is not None and aug.crop_padding:
             x = random_crop(x, aug.crop_padding, self.augment_generator)
         x = self.normalise(x)
-        if aug is not None and aug.flip:
+        if aug is not None and aug.flip == "random":
             x = random_flip(x, self.augment_generator)
+        if aug is not None and aug.flip == "alternate":
+            x = mirror(x, (self.flip_parity[index] ^ (self.epoch % 2)).bool())
         if aug is not None and aug.cutout_size:
             x = cutout(x, aug.cutout_size, self.augment_generator)
         return x.contiguous(memory_format=self.memory_format), self.labels[index]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.labels)
+        self.epoch += 1
         if self.shuffle:
             order = torch.randperm(n, device=self.device, generator=self.generator)
         else:
@@ -129,10 +142,12 @@ class DeviceLoader:
     def state_dict(self) -> dict:
         """The generators' states (CPU byte tensors, also for a GPU generator)."""
         return {
+            "epoch": self.epoch,
             "generator": self.generator.get_state(),
             "augment_generator": self.augment_generator.get_state(),
         }
 
     def load_state_dict(self, state: dict) -> None:
+        self.epoch = state["epoch"]
         self.generator.set_state(state["generator"])
         self.augment_generator.set_state(state["augment_generator"])

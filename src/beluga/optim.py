@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from .params import OptimizerParams, TrainParams
 from .runtime import Runtime
@@ -33,24 +34,47 @@ def make_criterion(label_smoothing: float) -> nn.Module:
 
 @dataclass
 class Optimization:
-    """Everything one training step needs besides the model and the batch."""
+    """Everything one training step needs besides the model and the batch.
+
+    `ema`, when the recipe asks for one, is an exponential moving average of the
+    weights (and batch-norm statistics), updated after every step; it is the
+    model that is tested and saved.
+    """
 
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.OneCycleLR
+    scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     criterion: nn.Module
+    ema: AveragedModel | None = None
+
+    def step(self, loss: torch.Tensor, model: nn.Module) -> None:
+        """Backward, optimizer, schedule and average: one training step after the forward pass."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(model)
+
+    def kept(self, model: nn.Module) -> nn.Module:
+        """The model to test and save: the moving average if there is one, else `model`."""
+        return model if self.ema is None else self.ema.module
 
     def state_dict(self) -> dict:
         return {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
+            "ema": None if self.ema is None else self.ema.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
 
 
 def one_cycle(
@@ -82,6 +106,10 @@ def one_cycle(
         base_momentum=train.base_momentum,
         max_momentum=optimizer.momentum,
     )
+    ema = None
+    if train.ema_decay is not None:
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(train.ema_decay),
+                            use_buffers=True)  # fmt: skip
     return Optimization(
-        opt, scheduler, runtime.grad_scaler(), make_criterion(train.label_smoothing)
+        opt, scheduler, runtime.grad_scaler(), make_criterion(train.label_smoothing), ema
     )

@@ -57,6 +57,9 @@ class DataParams(_Section):
 
 class ModelParams(_Section):
     logit_scale: float = Field(gt=0)
+    activation: Literal["relu", "celu"]
+    stem: Literal["conv", "whiten"]
+    freeze_bn_scale: bool
 
 
 class OptimizerParams(_Section):
@@ -98,6 +101,7 @@ class TrainParams(_Section):
     cycle_momentum: bool
     base_momentum: float = Field(ge=0, lt=1)
     label_smoothing: float = Field(ge=0, lt=1)
+    ema_decay: float | None = Field(gt=0, lt=1)
     compile: bool
     nproc: int = Field(ge=1, description="processes for data-parallel training (torchrun)")
     sync_bn: bool
@@ -123,7 +127,7 @@ class RuntimeParams(_Section):
 
 class AugmentParams(_Section):
     crop_padding: int = Field(ge=0, le=16)
-    flip: bool
+    flip: Literal["none", "random", "alternate"]
     cutout_size: int = Field(ge=0, le=32)
 
 

@@ -131,11 +131,7 @@ def train_epoch(
             logits = model(x)
             loss = opt.criterion(logits, y)
         lr = opt.scheduler.get_last_lr()[0]
-        opt.optimizer.zero_grad(set_to_none=True)
-        opt.scaler.scale(loss).backward()
-        opt.scaler.step(opt.optimizer)
-        opt.scaler.update()
-        opt.scheduler.step()
+        opt.step(loss, model)
         loss_sum += loss.detach() * len(y)
         correct += (logits.argmax(1) == y).sum()
         seen += len(y)
@@ -214,14 +210,15 @@ def fit(
     fingerprint: str,
     settings: dict,
     ranks: Ranks = ONE_PROCESS,
-) -> list[dict]:
-    """Train for train.epochs and return one row of history per epoch.
+) -> tuple[list[dict], nn.Module]:
+    """Train for train.epochs; return one row of history per epoch and the model to keep.
 
     After every epoch the whole state goes to `checkpoint_path`; a later call
     with the same `fingerprint` (a digest of everything that shapes the run)
     resumes there and gives the same result as an uninterrupted run.
     `settings` are the params behind the fingerprint, stored so that a later
-    run can say which differ. Rank 0 alone tests, prints and writes.
+    run can say which differ. Rank 0 alone tests, prints and writes. The model
+    to keep is `model` itself, or its moving average where train.ema_decay is set.
     """
     opt = one_cycle(model, optimizer=optimizer, train=train, max_lr=max_lr,
                     steps_per_epoch=len(train_loader), runtime=runtime)  # fmt: skip
@@ -236,7 +233,7 @@ def fit(
             row = train_epoch(step_model, train_loader, opt, runtime, epoch=epoch, stop=stop,
                               ranks=ranks)  # fmt: skip
             seconds = time.perf_counter() - start
-            test = score(model, test_loader, runtime) if ranks.is_main else None
+            test = score(opt.kept(model), test_loader, runtime) if ranks.is_main else None
             if test is not None:
                 print(test)
             history.append(
@@ -267,4 +264,4 @@ def fit(
                     f"stopped by signal {signum} after epoch {epoch}, which is "
                     "checkpointed; rerun to resume"
                 )
-    return history
+    return history, opt.kept(model)
