@@ -1,0 +1,122 @@
+"""Many recipe variants through the real stage code, in one process: the ablation harness.
+
+    python scripts/grid.py GRID.yaml OUT [--seconds N]
+
+GRID.yaml lists runs, each a name and `-S`-style overrides of params.yaml; for
+each, the lr_find, train and evaluate stages run in OUT/<name>/ exactly as
+`dvc exp run -S key=value ...` would run them (the downloaded data is shared),
+but in one process, so start-up and the upload of the images to the device
+are paid once: on a GPU that is most of a short run's time. Use it where DVC
+is not installed or a queue's per-run start-up would dominate; elsewhere
+`dvc exp run --queue` is the tool. A `confirm` entry then reruns the best of
+the listed runs (by test accuracy) with more seeds and epoch counts, and the
+`after` runs follow.
+OUT/summary.json gets one row per run, rewritten after each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import runpy
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from beluga.atomic import write_json
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ("lr_find", "train", "evaluate")
+
+
+def _override(params: dict, assignment: str) -> None:
+    key, _, value = assignment.partition("=")
+    *sections, leaf = key.split(".")
+    node = params
+    for section in sections:
+        node = node[section]
+    node[leaf] = yaml.safe_load(value)
+
+
+def _run(name: str, overrides: list[str], base: dict, out: Path, mains: dict) -> dict:
+    """The three stages for one set of overrides, in out/name; the row for the summary."""
+    params = json.loads(json.dumps(base))
+    for assignment in overrides:
+        _override(params, assignment)
+    params["paths"]["data"] = str(ROOT / base["paths"]["data"])
+    folder = out / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    row: dict = {"name": name, "overrides": overrides, "seconds": {}}
+    here = Path.cwd()
+    os.chdir(folder)
+    try:
+        for stage in STAGES:
+            if stage == "lr_find" and params["train"]["max_lr"] is not None:
+                continue
+            start = time.perf_counter()
+            mains[stage]()
+            row["seconds"][stage] = round(time.perf_counter() - start, 2)
+    except SystemExit as failed:
+        row["failed"] = f"{stage} exited {failed.code}"
+    finally:
+        os.chdir(here)
+    for metrics in ("lr_find", "train", "eval"):
+        path = folder / "metrics" / f"{metrics}.json"
+        if path.exists():
+            row[metrics] = json.loads(path.read_text())
+    return row
+
+
+def _accuracy(row: dict) -> float:
+    return row.get("eval", {}).get("accuracy", -1.0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("grid", type=Path)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--seconds", type=float, default=float("inf"), help="start no run after")
+    args = parser.parse_args()
+    deadline = time.monotonic() + args.seconds
+    grid = yaml.safe_load(args.grid.read_text())
+    base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    mains = {stage: runpy.run_path(str(ROOT / "stages" / f"{stage}.py"))["main"]
+             for stage in STAGES}  # fmt: skip
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    rows: list[dict] = []
+
+    def run(name: str, overrides: list[str]) -> dict:
+        row = _run(name, overrides, base, args.out, mains)
+        row["device"], row["torch"] = device, torch.__version__
+        rows.append(row)
+        write_json(args.out / "summary.json", {"runs": rows})
+        print(f"{name}: {100 * _accuracy(row):.2f}%  {row['seconds']}", flush=True)
+        return row
+
+    for entry in grid["runs"]:
+        if time.monotonic() < deadline:
+            run(entry["name"], entry["overrides"])
+    confirm = grid.get("confirm")
+    if confirm:
+        among = [row for row in rows if row["name"] in confirm["among"]]
+        best = max(among, key=_accuracy)
+        print(f"best of {len(among)}: {best['name']}", flush=True)
+        for seed in confirm.get("seeds", []):
+            if time.monotonic() < deadline:
+                run(f"{best['name']}-seed{seed}", [*best["overrides"], f"seed={seed}"])
+        for epochs in confirm.get("epochs", []):
+            if time.monotonic() < deadline:
+                run(
+                    f"{best['name']}-epochs{epochs}", [*best["overrides"], f"train.epochs={epochs}"]
+                )
+    for entry in grid.get("after", []):
+        if time.monotonic() < deadline:
+            run(entry["name"], entry["overrides"])
+
+
+if __name__ == "__main__":
+    main()
