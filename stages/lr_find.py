@@ -26,7 +26,7 @@ def main() -> None:
     model = runtime.prepare(build_model(params.model, len(cifar.classes), cifar.train.images))
     curve = run_range_test(model, loader, runtime, optimizer=params.optimizer,
                            label_smoothing=params.train.label_smoothing,
-                           params=finder)  # fmt: skip
+                           finder=finder)  # fmt: skip
     suggestions = suggest(curve, finder)
     chosen = suggestions[finder.suggestion]
     finite = usable(curve)

@@ -26,8 +26,8 @@ FINGERPRINTED = ("seed", "model", "optimizer", "train", "augment")
 @stage
 def main() -> None:
     params = load_params()
-    train = params.train
-    runtime = resolve(params.runtime, train.nproc, train.sync_bn, distributed.local_rank())
+    nproc = params.train.nproc
+    runtime = resolve(params.runtime, nproc, params.train.sync_bn, distributed.local_rank())
     cifar = data.load(params.paths.data)
     check_batch_size("train.batch_size", params.train.batch_size, len(cifar.train.labels))
     if distributed.is_worker():
@@ -36,24 +36,25 @@ def main() -> None:
         return
     lock = Path(f"{params.paths.checkpoint}.lock")
     with checkpoint.exclusive(lock):
-        if train.nproc == 1:
+        if nproc == 1:
             _train(params, cifar, runtime)
             return
-        print(f"Launching {train.nproc} ranks, "
-              f"{distributed.threads_per_rank(train.nproc)} CPU threads each")  # fmt: skip
-        code = distributed.launch(train.nproc, Path(__file__))
+        print(f"Launching {nproc} ranks, {distributed.threads_per_rank(nproc)} CPU threads each")
+        code = distributed.launch(nproc, Path(__file__))
     if code:
         raise SystemExit(code)
 
 
 def _train(params: Params, cifar: data.Cifar, runtime: Runtime) -> None:
     """One rank's training (the only one's, without data parallelism); rank 0 writes."""
-    paths, train = params.paths, params.train
-    max_lr = train.max_lr or json.loads(Path(paths.lr_find_metrics).read_text())["suggested_lr"]
+    paths, train_params = params.paths, params.train
+    max_lr = (
+        train_params.max_lr or json.loads(Path(paths.lr_find_metrics).read_text())["suggested_lr"]
+    )
     ranks = distributed.init_from_env(runtime.device.type)
     try:
         seed_everything(params.seed)
-        train_loader = DeviceLoader(cifar.train.images, cifar.train.labels, train.batch_size,
+        train_loader = DeviceLoader(cifar.train.images, cifar.train.labels, train_params.batch_size,
                                     runtime, augment=params.augment, shuffle=True,
                                     seed=params.seed, ranks=ranks)  # fmt: skip
         test_loader = DeviceLoader(cifar.test.images, cifar.test.labels,
@@ -69,7 +70,7 @@ def _train(params: Params, cifar: data.Cifar, runtime: Runtime) -> None:
         }  # fmt: skip
         history, kept = fit(
             model, train_loader=train_loader, test_loader=test_loader, runtime=runtime,
-            train=train, optimizer=params.optimizer, max_lr=max_lr,
+            train=train_params, optimizer=params.optimizer, max_lr=max_lr,
             checkpoint_path=Path(paths.checkpoint),
             fingerprint=checkpoint.fingerprint(
                 settings, Path(paths.data), checkpoint.code_digest(Path(__file__))

@@ -62,7 +62,7 @@ def test_range_test_records_rising_lrs_and_restores_the_model():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     params = _finder(start_lr=1e-3, end_lr=0.05, num_iter=20, skip_start=2, skip_end=2)
     curve = run_range_test(model, loader, runtime, optimizer=DEFAULTS.optimizer,
-                           label_smoothing=0.0, params=params)  # fmt: skip
+                           label_smoothing=0.0, finder=params)  # fmt: skip
     assert len(curve.lrs) == 20
     assert curve.lrs[0] == pytest.approx(1e-3) and np.all(np.diff(curve.lrs) > 0)
     after = model.state_dict()

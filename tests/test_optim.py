@@ -54,7 +54,7 @@ def test_range_test_runs_at_the_momentum_training_starts_with(monkeypatch):
                           rng.integers(0, 10, 32), 16, CPU)  # fmt: skip
     finder = DEFAULTS.lr_find.model_copy(update={"num_iter": 20, "skip_start": 2, "skip_end": 2})
     lr_find.run_range_test(ResNet9(), loader, CPU, optimizer=DEFAULTS.optimizer,
-                           label_smoothing=0.0, params=finder)  # fmt: skip
+                           label_smoothing=0.0, finder=finder)  # fmt: skip
     assert used == [DEFAULTS.optimizer.momentum]
 
 

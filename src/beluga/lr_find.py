@@ -35,7 +35,7 @@ def run_range_test(
     *,
     optimizer: OptimizerParams,
     label_smoothing: float,
-    params: LRFindParams,
+    finder: LRFindParams,
 ) -> Curve:
     """Sweep the LR from start_lr to end_lr, one batch per step, and record the loss.
 
@@ -43,26 +43,26 @@ def run_range_test(
     The model and optimizer are restored to their initial state afterwards.
     """
     dtype = runtime.autocast_dtype
-    finder = LRFinder(
+    lr_finder = LRFinder(
         model,
-        make_optimizer(model, optimizer, params.start_lr),
+        make_optimizer(model, optimizer, finder.start_lr),
         make_criterion(label_smoothing),
         device=runtime.device,
         amp_backend="torch" if dtype else None,
         amp_config={"device_type": runtime.device.type, "dtype": dtype} if dtype else None,
         grad_scaler=runtime.grad_scaler() if dtype else None,
     )
-    finder.range_test(
+    lr_finder.range_test(
         _DeviceBatches(loader),
-        start_lr=params.start_lr,
-        end_lr=params.end_lr,
-        num_iter=params.num_iter,
-        step_mode=params.step_mode,
-        smooth_f=params.smooth_f,
-        diverge_th=params.diverge_th,
+        start_lr=finder.start_lr,
+        end_lr=finder.end_lr,
+        num_iter=finder.num_iter,
+        step_mode=finder.step_mode,
+        smooth_f=finder.smooth_f,
+        diverge_th=finder.diverge_th,
     )
-    finder.reset()
-    return Curve(np.asarray(finder.history["lr"]), np.asarray(finder.history["loss"]))
+    lr_finder.reset()
+    return Curve(np.asarray(lr_finder.history["lr"]), np.asarray(lr_finder.history["loss"]))
 
 
 def usable(curve: Curve) -> Curve:
@@ -105,11 +105,11 @@ def minimum(losses: np.ndarray, min_rise: float) -> int:
     return int(np.argmin(losses[:end]))
 
 
-def suggest(curve: Curve, params: LRFindParams) -> dict[str, float]:
+def suggest(curve: Curve, finder: LRFindParams) -> dict[str, float]:
     """Each rule's suggested LR on the finite, trimmed curve."""
     finite = usable(curve)
-    lrs = finite.lrs[params.skip_start : len(finite.lrs) - params.skip_end]
-    losses = finite.losses[params.skip_start : len(finite.losses) - params.skip_end]
+    lrs = finite.lrs[finder.skip_start : len(finite.lrs) - finder.skip_end]
+    losses = finite.losses[finder.skip_start : len(finite.losses) - finder.skip_end]
     if len(losses) < 2:
         raise LRFindError(
             f"LR range test: only {len(finite.losses)} finite losses of {len(curve.losses)}; "
@@ -118,6 +118,6 @@ def suggest(curve: Curve, params: LRFindParams) -> dict[str, float]:
     picks = {
         "steepest": steepest(losses),
         "valley": valley(losses),
-        "minimum": minimum(losses, params.min_rise),
+        "minimum": minimum(losses, finder.min_rise),
     }
     return {name: float(lrs[index]) for name, index in picks.items()}
