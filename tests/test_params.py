@@ -50,7 +50,7 @@ def test_project_params_file_is_valid():
         ({"seed": -1}, "seed: Input should be greater than or equal to 0"),
         ({"train": {"sync_bn": True}}, "train: sync_bn needs nproc > 1"),
         (
-            {"train": {"base_momentum": 0.99}},
+            {"train": {"base_momentum": 0.99, "cycle_momentum": True}},
             "base_momentum 0.99 must not exceed optimizer.momentum",
         ),
     ],
