@@ -19,10 +19,11 @@ def _json(project: Path, name: str) -> dict:
     return json.loads((project / name).read_text())
 
 
-def test_repro_runs_every_stage_then_nothing(project: Path):
-    result = sh("dvc", "repro", cwd=project)
+def test_repro_runs_every_stage_then_nothing(reproduced: Path):
+    project = reproduced
+    stdout = (project.parent / "repro.stdout").read_text()
     for stage in ("download", "lr_find", "train", "evaluate", "report"):
-        assert f"Running stage '{stage}'" in result.stdout
+        assert f"Running stage '{stage}'" in stdout
     for name in OUTPUTS:
         assert (project / name).stat().st_size > 0, name
     for name in OUTPUTS:
@@ -57,8 +58,8 @@ def test_repro_runs_every_stage_then_nothing(project: Path):
     assert "final_test_accuracy" in shown.stdout and "suggested_lr" in shown.stdout
 
 
-def test_experiment_and_metrics_diff_between_commits(project: Path):
-    sh("dvc", "repro", cwd=project)
+def test_experiment_and_metrics_diff_between_commits(reproduced_copy: Path):
+    project = reproduced_copy
     sh("git", "add", "-A", cwd=project)
     sh("git", "commit", "-qm", "one epoch", cwd=project)
     before = _json(project, "metrics/train.json")
@@ -86,8 +87,8 @@ def test_experiment_and_metrics_diff_between_commits(project: Path):
     assert "Confusion matrix" in html and '"scale": {"type": "log"}' in html.replace("\n", "")
 
 
-def test_changed_params_rerun_only_downstream_stages(project: Path):
-    sh("dvc", "repro", cwd=project)
+def test_changed_params_rerun_only_downstream_stages(reproduced_copy: Path):
+    project = reproduced_copy
     set_params(project, evaluate={"tta": "none"})
     result = sh("dvc", "repro", cwd=project)
     ran = [s for s in ("download", "lr_find", "train", "evaluate", "report")

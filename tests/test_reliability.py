@@ -273,12 +273,10 @@ def test_sigterm_finishes_cleanly_and_changed_params_start_afresh(tmp_path: Path
     assert history.epoch.tolist() == [1, 2, 3, 4]
 
 
-def test_same_params_and_seed_give_byte_identical_metrics(tmp_path: Path):
-    first = make_project(tmp_path / "a")
-    second = make_project(tmp_path / "b")
-    sh("dvc", "repro", cwd=first)
+def test_same_params_and_seed_give_byte_identical_metrics(reproduced: Path, tmp_path: Path):
+    second = make_project(tmp_path)
     sh("dvc", "repro", cwd=second)
-    assert _results(first) == _results(second)
+    assert _results(reproduced) == _results(second)
 
 
 def test_interrupted_write_leaves_the_old_file(tmp_path: Path):

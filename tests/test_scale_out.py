@@ -6,8 +6,8 @@ from pathlib import Path
 from conftest import sh
 
 
-def test_queued_experiments_run_and_show_different_metrics(project: Path):
-    sh("dvc", "repro", cwd=project)
+def test_queued_experiments_run_and_show_different_metrics(reproduced_copy: Path):
+    project = reproduced_copy
     sh("git", "add", "-A", cwd=project)
     sh("git", "commit", "-qm", "baseline", cwd=project)
     for lr in ("0.01", "0.2"):
@@ -39,10 +39,12 @@ def _named_metrics(node, names):
             yield from _named_metrics(value, names)
 
 
-def test_push_to_a_folder_remote_then_pull_into_a_fresh_clone(project: Path, tmp_path: Path):
+def test_push_to_a_folder_remote_then_pull_into_a_fresh_clone(
+    reproduced_copy: Path, tmp_path: Path
+):
+    project = reproduced_copy
     remote = tmp_path / "remote"
     sh("dvc", "remote", "add", "-d", "shared", str(remote), cwd=project)
-    sh("dvc", "repro", cwd=project)
     sh("git", "add", "-A", cwd=project)
     sh("git", "commit", "-qm", "trained", cwd=project)
     sh("dvc", "push", cwd=project)

@@ -23,6 +23,7 @@ from conftest import (
 
 from beluga import checkpoint
 from beluga.atomic import write_text
+from beluga.errors import TrainingError
 from beluga.loader import DeviceLoader
 from beluga.model import ResNet9
 from beluga.optim import one_cycle
@@ -97,7 +98,9 @@ def test_checkpoint_is_loaded_to_the_cpu_whatever_wrote_it(tmp_path: Path, monke
     monkeypatch.setattr(torch, "load", spy)
     loaded = checkpoint.load(path)
     assert seen["map_location"] == "cpu"
-    tensors = [loaded["ranks"][0]["rng"]["torch"], *loaded["ranks"][0]["loader"].values()]
+    generators = loaded["ranks"][0]["loader"]
+    tensors = [loaded["ranks"][0]["rng"]["torch"], generators["generator"],
+               generators["augment_generator"]]  # fmt: skip
     assert all(t.device.type == "cpu" and t.dtype == torch.uint8 for t in tensors)
     history = _restore(path, "f", {}, model, opt, loader, CPU, checkpoint_ranks())
     assert history == [{"epoch": 1}]
@@ -183,9 +186,9 @@ def _train_processes(project: Path) -> list[int]:
     return pids
 
 
-def test_a_second_training_run_is_refused_naming_the_first(tmp_path: Path):
-    project = make_project(tmp_path, **SLOW)
-    sh("dvc", "repro", "lr_find", cwd=project)
+def test_a_second_training_run_is_refused_naming_the_first(reproduced_copy: Path):
+    project = reproduced_copy
+    set_params(project, **SLOW)
     first = subprocess.Popen([sys.executable, "stages/train.py"], cwd=project, env=tool_env(),
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
@@ -201,20 +204,27 @@ def test_a_second_training_run_is_refused_naming_the_first(tmp_path: Path):
         first.wait()
 
 
-def test_ranks_die_with_their_launcher_and_the_workspace_is_free_again(tmp_path: Path):
-    project = make_project(tmp_path, **SLOW)
-    set_params(project, train={"nproc": 2})
-    sh("dvc", "repro", "lr_find", cwd=project)
-    run = subprocess.Popen(["dvc", "repro"], cwd=project, env=tool_env(), start_new_session=True,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+def test_ranks_die_with_their_launcher_and_the_workspace_is_free_again(reproduced_copy: Path):
+    project = reproduced_copy
+    set_params(project, train={**SLOW["train"], "nproc": 2})
+    run = subprocess.Popen(["dvc", "repro", "-s", "train"], cwd=project, env=tool_env(),
+                           start_new_session=True, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)  # fmt: skip
     _wait_for(lambda: (project / "checkpoints/train.pt").exists())
     ranks = [pid for pid in _train_processes(project) if os.getsid(pid) != run.pid]
     assert len(ranks) == 2, ranks
     os.killpg(run.pid, signal.SIGKILL)  # what a job runner does: the group, not the ranks
     run.wait()
     _wait_for(lambda: not _train_processes(project), seconds=10)
-    resumed = sh("dvc", "repro", cwd=project, check=False)
-    assert "another training run" not in resumed.stderr
+    _wait_for(lambda: _lock_is_free(project / "checkpoints/train.pt.lock"), seconds=15)
+
+
+def _lock_is_free(lock: Path) -> bool:
+    try:
+        with checkpoint.exclusive(lock):
+            return True
+    except TrainingError:
+        return False
 
 
 # --- ranks decide together ----------------------------------------------------------------------
@@ -247,9 +257,8 @@ def test_sigterm_to_one_rank_stops_both_with_exit_code_130(tmp_path: Path):
     assert len(lines) == 1 and lines[0].startswith("interrupted: stopped by signal 15"), stderr
 
 
-def test_a_failing_train_stage_is_one_line_before_any_rank_starts(tmp_path: Path):
-    project = make_project(tmp_path)
-    sh("dvc", "repro", "lr_find", cwd=project)
+def test_a_failing_train_stage_is_one_line_before_any_rank_starts(reproduced_copy: Path):
+    project = reproduced_copy
     set_params(project, train={"epochs": 0, "nproc": 2})
     result = sh("dvc", "repro", "train", cwd=project, check=False)
     assert result.returncode != 0
