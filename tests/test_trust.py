@@ -20,9 +20,11 @@ from conftest import (
     tool_env,
     write_class_folders,
 )
+from PIL import Image
 
 from beluga import checkpoint
 from beluga.atomic import write_text
+from beluga.distributed import ONE_PROCESS
 from beluga.errors import TrainingError
 from beluga.loader import DeviceLoader
 from beluga.model import ResNet9
@@ -48,8 +50,6 @@ def test_a_changed_source_file_at_the_same_path_reruns_download(tmp_path: Path):
     assert "download" not in _stale(project)
 
     image = tmp_path / "folders/train/cat/0000.png"
-    from PIL import Image
-
     Image.new("RGB", (32, 32), (255, 0, 0)).save(image)
     assert "download" in _stale(project)
     sh("dvc", "repro", "download", cwd=project)
@@ -67,7 +67,7 @@ def test_editing_any_library_file_makes_every_stage_stale(reproduced_copy: Path,
 # --- resume ---------------------------------------------------------------------------------
 
 
-def _tiny_fit_inputs(tmp_path: Path):
+def _tiny_fit_inputs():
     rng = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (64, 32, 32, 3), generator=rng, dtype=torch.uint8).numpy()
     labels = torch.randint(0, 10, (64,), generator=rng).numpy()
@@ -80,7 +80,7 @@ def _tiny_fit_inputs(tmp_path: Path):
 
 
 def test_checkpoint_is_loaded_to_the_cpu_whatever_wrote_it(tmp_path: Path, monkeypatch):
-    model, opt, loader = _tiny_fit_inputs(tmp_path)
+    model, opt, loader = _tiny_fit_inputs()
     path = tmp_path / "ckpt.pt"
     state = {
         "fingerprint": "f", "settings": {}, "model": model.state_dict(),
@@ -102,21 +102,15 @@ def test_checkpoint_is_loaded_to_the_cpu_whatever_wrote_it(tmp_path: Path, monke
     tensors = [loaded["ranks"][0]["rng"]["torch"], generators["generator"],
                generators["augment_generator"]]  # fmt: skip
     assert all(t.device.type == "cpu" and t.dtype == torch.uint8 for t in tensors)
-    history = _restore(path, "f", {}, model, opt, loader, CPU, checkpoint_ranks())
+    history = _restore(path, "f", {}, model, opt, loader, CPU, ONE_PROCESS)
     assert history == [{"epoch": 1}]
-
-
-def checkpoint_ranks():
-    from beluga.distributed import ONE_PROCESS
-
-    return ONE_PROCESS
 
 
 @pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", None])
 def test_an_unreadable_or_unfitting_checkpoint_is_one_line_then_a_fresh_start(
     tmp_path: Path, capsys, content: bytes | None
 ):
-    model, opt, loader = _tiny_fit_inputs(tmp_path)
+    model, opt, loader = _tiny_fit_inputs()
     path = tmp_path / "ckpt.pt"
     if content is None:  # a readable checkpoint of a network of another shape
         other = ResNet9(num_classes=7)
@@ -125,19 +119,19 @@ def test_an_unreadable_or_unfitting_checkpoint_is_one_line_then_a_fresh_start(
     else:
         path.write_bytes(content)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    assert _restore(path, "f", {}, model, opt, loader, CPU, checkpoint_ranks()) == []
+    assert _restore(path, "f", {}, model, opt, loader, CPU, ONE_PROCESS) == []
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"Ignoring {path}") and "afresh" in lines[0]
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 def test_a_checkpoint_of_other_params_names_the_keys_that_differ(tmp_path: Path, capsys):
-    model, opt, loader = _tiny_fit_inputs(tmp_path)
+    model, opt, loader = _tiny_fit_inputs()
     path = tmp_path / "ckpt.pt"
     old = {"train": {"epochs": 4, "label_smoothing": 0.2}, "seed": 0}
     new = {"train": {"epochs": 4, "label_smoothing": 0.1}, "seed": 0}
     checkpoint.save(path, {"fingerprint": "old", "settings": old})
-    assert _restore(path, "new", new, model, opt, loader, CPU, checkpoint_ranks()) == []
+    assert _restore(path, "new", new, model, opt, loader, CPU, ONE_PROCESS) == []
     assert "train.label_smoothing: 0.2 -> 0.1" in capsys.readouterr().out
 
 
