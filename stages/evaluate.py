@@ -1,5 +1,7 @@
 """Stage `evaluate`: the trained model on the test set; metrics and one row per image."""
 
+import time
+
 import torch
 import torch.nn.functional as F
 
@@ -16,6 +18,7 @@ from beluga.runtime import resolve
 
 @stage
 def main() -> None:
+    start = time.perf_counter()
     params = load_params()
     paths = params.paths
     runtime = resolve(params.runtime)
@@ -36,6 +39,7 @@ def main() -> None:
             "correct": result.correct,
             "total": result.total,
             "tta": params.evaluate.tta,
+            "seconds": round(time.perf_counter() - start, 1),
         },
     )
     print(f"Test set: Accuracy: {result.correct}/{result.total} ({100 * result.accuracy:.2f}%)")

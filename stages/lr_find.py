@@ -1,5 +1,7 @@
 """Stage `lr_find`: LR range test on the training set; its suggestion becomes max_lr."""
 
+import time
+
 import pandas as pd
 
 from beluga import data, figures
@@ -14,6 +16,7 @@ from beluga.runtime import resolve, seed_everything
 
 @stage
 def main() -> None:
+    start = time.perf_counter()
     params = load_params()
     paths, finder = params.paths, params.lr_find
     runtime = resolve(params.runtime)
@@ -46,6 +49,7 @@ def main() -> None:
             "iterations_run": len(curve.losses),
             "iterations_finite": len(finite.losses),
             "precision": runtime.precision,
+            "seconds": round(time.perf_counter() - start, 1),
         },
     )
     print(f"Suggested max_lr ({finder.suggestion} rule): {chosen:.3g}  {suggestions}")

@@ -1,19 +1,25 @@
-"""Stage `report`: what the model got right and wrong, per class and per image."""
+"""Stage `report`: what the model got right and wrong, and one page about the whole run."""
+
+import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torchinfo
+import yaml
 
-from beluga import data, figures
+from beluga import data, figures, report_page
 from beluga.atomic import write_json, write_text
 from beluga.cli import stage
 from beluga.confusion import confusion_counts, per_class_accuracy, worst_mistakes
 from beluga.model import load_model
 from beluga.params import load_params
+from beluga.receptive_field import layer_table
 
 
 @stage
 def main() -> None:
+    start = time.perf_counter()
     params = load_params()
     paths = params.paths
     cifar = data.load(paths.data)
@@ -23,8 +29,9 @@ def main() -> None:
     per_class = per_class_accuracy(table, classes)
     for name, accuracy in per_class.items():
         print(f"Accuracy of {name:>10s} : {100 * accuracy:.0f} %")
+    per_class = per_class.round(4)
     write_json(paths.per_class_metrics,
-               {name: round(float(acc), 4) for name, acc in per_class.items()})  # fmt: skip
+               {name: float(acc) for name, acc in per_class.items()})  # fmt: skip
     figures.per_class_bars(per_class.to_dict(), paths.per_class_plot)
     figures.confusion_heatmap(confusion_counts(table, classes).to_numpy(), classes,
                               paths.confusion_plot)  # fmt: skip
@@ -42,6 +49,20 @@ def main() -> None:
         col_names=("output_size", "num_params"),
     )  # fmt: skip
     write_text(paths.model_summary, f"{summary}\n")
+
+    page = Path(paths.report)
+    metrics = report_page.read_metrics([
+        paths.download_metrics, paths.lr_find_metrics, paths.train_metrics,
+        paths.eval_metrics, paths.per_class_metrics,
+    ])  # fmt: skip
+    text = report_page.render(
+        page, paths=paths, params=yaml.safe_load(Path("params.yaml").read_text()),
+        committed=report_page.committed_params(), metrics=metrics,
+        layers=layer_table(model), model_config=model.config,
+        trained_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        report_seconds=time.perf_counter() - start,
+    )  # fmt: skip
+    write_text(page, text)
 
 
 if __name__ == "__main__":

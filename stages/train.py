@@ -6,13 +6,12 @@ launches that run this same file.
 """
 
 import json
-import statistics
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
 
-from beluga import checkpoint, data, distributed, figures
-from beluga.atomic import write_json, write_with
+from beluga import checkpoint, data, distributed, figures, progress
 from beluga.cli import stage
 from beluga.loader import DeviceLoader
 from beluga.model import build_model, save_model
@@ -68,6 +67,10 @@ def _train(params: Params, cifar: data.Cifar, runtime: Runtime) -> None:
             "max_lr": max_lr, "precision": runtime.precision, "device": runtime.device.type,
             "eval_batch": params.evaluate.batch_size,
         }  # fmt: skip
+        about = {"max_lr": max_lr, "precision": runtime.precision,
+                 "device": runtime.device.type, "machine": runtime.machine()}  # fmt: skip
+        write_progress = partial(progress.write, paths.train_metrics, paths.history,
+                                 planned=train_params.epochs, about=about)  # fmt: skip
         history, kept = fit(
             model, train_loader=train_loader, test_loader=test_loader, runtime=runtime,
             train=train_params, optimizer=params.optimizer, max_lr=max_lr,
@@ -75,34 +78,15 @@ def _train(params: Params, cifar: data.Cifar, runtime: Runtime) -> None:
             fingerprint=checkpoint.fingerprint(
                 settings, Path(paths.data), checkpoint.code_digest(Path(__file__))
             ),
-            settings=settings, ranks=ranks,
+            settings=settings, ranks=ranks, on_epoch=write_progress,
         )  # fmt: skip
     finally:
         distributed.close(ranks)
     if ranks.is_main:
         save_model(paths.model, kept, cifar.classes)
-        _write_outputs(params, pd.DataFrame(history), runtime, max_lr)
-
-
-def _write_outputs(params: Params, history: pd.DataFrame, runtime: Runtime, max_lr: float) -> None:
-    paths = params.paths
-    write_with(paths.history, lambda tmp: history.drop(columns="seconds").to_csv(tmp, index=False))
-    figures.training_curves(history, paths.curves_plot)
-    write_json(
-        paths.train_metrics,
-        {
-            "final_train_accuracy": history.train_accuracy.iloc[-1],
-            "final_test_accuracy": history.test_accuracy.iloc[-1],
-            "best_test_accuracy": history.test_accuracy.max(),
-            "best_train_accuracy": history.train_accuracy.max(),
-            "epochs": len(history),
-            "max_lr": max_lr,
-            "precision": runtime.precision,
-            "device": runtime.device.type,
-            "seconds_per_epoch": round(statistics.median(history.seconds), 2),
-        },
-    )
-    Path(paths.checkpoint).unlink()
+        figures.training_curves(pd.DataFrame(history), paths.curves_plot)
+        write_progress(history, finished=True)
+        Path(paths.checkpoint).unlink()
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ def test_train_stage_under_torchrun_with_two_processes(project: Path):
     assert result.stdout.count("Training on 2 x cpu") == 1  # rank 0 alone prints
     assert result.stdout.count("Test set: Average loss") == 2
     metrics = json.loads((project / "metrics/train.json").read_text())
-    assert metrics["epochs"] == 2 and 0 <= metrics["final_test_accuracy"] <= 1
+    assert metrics["epochs_done"] == 2 and 0 <= metrics["final_test_accuracy"] <= 1
     history = pd.read_csv(project / "plots/history.csv")
     assert history.epoch.tolist() == [1, 2] and history.train_loss.notna().all()
     assert (project / "models/model.pt").stat().st_size > 20_000_000

@@ -1,9 +1,11 @@
 import numpy as np
 import torch
 from conftest import DEFAULTS
+from torch import nn
 
 from beluga.loader import MEAN, STD
 from beluga.model import ResNet9, build_model, load_model, save_model
+from beluga.receptive_field import layer_table
 
 
 def test_parameter_count_matches_the_reference_table():
@@ -65,3 +67,22 @@ def test_frozen_bn_scale_leaves_only_the_bn_scales_untrained():
         m.weight.numel() for m in frozen.modules() if isinstance(m, torch.nn.BatchNorm2d)
     )
     assert _trainable(frozen) == 6_573_130 - bn_scales
+
+
+def test_receptive_field_is_computed_from_kernels_strides_and_dilations():
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, stride=2, padding=1),
+        nn.MaxPool2d(2), nn.Conv2d(4, 4, 3, padding=2, dilation=2),
+        nn.AdaptiveAvgPool2d(1),
+    )  # fmt: skip
+    table = layer_table(model, image_size=32)
+    assert table.receptive_field.tolist() == [3, 3, 5, 7, 7 + 2 * 2 * 4, 32]
+    assert table.jump.tolist() == [1, 1, 2, 4, 4, 4]
+    assert table.output_shape.tolist()[-1] == "4x1x1"
+
+
+def test_resnet9_sees_the_whole_image_only_at_its_head():
+    table = layer_table(ResNet9()).set_index("layer")
+    assert table.parameters.sum() == 6_573_130
+    assert table.receptive_field["layer3.0.1"] == 32 and table.jump["layer3.0.1"] == 8
+    assert table.receptive_field["head.0"] == 88 and table.output_shape["head.0"] == "512x1x1"

@@ -1,17 +1,19 @@
 """End to end with the real tools: dvc repro, dvc exp run, git, on a tiny official archive."""
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
 from conftest import set_params, sh
 
 OUTPUTS = [
-    "data/cifar10.npz", "models/model.pt",
+    "data/cifar10.npz", "models/model.pt", "metrics/download.json",
     "metrics/lr_find.json", "metrics/train.json", "metrics/eval.json", "metrics/per_class.json",
     "plots/lr_find.csv", "plots/history.csv", "plots/confusion.csv",
     "plots/lr_find.png", "plots/accuracy_curve.png", "plots/misclassified.png",
     "plots/per_class_accuracy.png", "plots/confusion_matrix.png", "plots/model_summary.txt",
+    "plots/report.md",
 ]  # fmt: skip
 
 
@@ -34,7 +36,10 @@ def test_repro_runs_every_stage_then_nothing(reproduced: Path):
     assert lr["suggested_lr"] == lr["minimum_lr"] and 1e-4 <= lr["suggested_lr"] <= 10
     assert lr["num_iter"] == 20 and lr["suggestion"] == "minimum"
     train = _json(project, "metrics/train.json")
-    assert train["epochs"] == 1 and 0 <= train["final_test_accuracy"] <= 1
+    assert train["epochs_done"] == train["epochs_planned"] == 1
+    assert (
+        train["final_test_accuracy"] == train["test_accuracy"] and 0 <= train["test_accuracy"] <= 1
+    )
     assert train["max_lr"] == lr["suggested_lr"]
     evaluation = _json(project, "metrics/eval.json")
     assert evaluation["total"] == 20 and evaluation["correct"] == round(20 * evaluation["accuracy"])
@@ -67,7 +72,7 @@ def test_experiment_and_metrics_diff_between_commits(reproduced_copy: Path):
 
     sh("dvc", "exp", "run", "-S", "train.epochs=2", cwd=project)
     after = _json(project, "metrics/train.json")
-    assert after["epochs"] == 2 and before["epochs"] == 1
+    assert after["epochs_done"] == 2 and before["epochs_done"] == 1
     assert _json(project, "metrics/eval.json")["loss"] != loss_before
     shown = sh("dvc", "exp", "show", "--json", cwd=project)
     assert '"train.epochs": 2' in shown.stdout or '"epochs": 2' in shown.stdout
@@ -76,9 +81,11 @@ def test_experiment_and_metrics_diff_between_commits(reproduced_copy: Path):
     sh("git", "commit", "-qm", "two epochs", cwd=project)
     diff = sh("dvc", "metrics", "diff", "HEAD~1", "--json", cwd=project)
     changes = json.loads(diff.stdout)
-    assert changes["metrics/train.json"]["epochs"] == {"old": 1, "new": 2, "diff": 1}
+    assert changes["metrics/train.json"]["epochs_done"] == {"old": 1, "new": 2, "diff": 1}
     params = sh("dvc", "params", "diff", "HEAD~1", "--json", cwd=project)
     assert json.loads(params.stdout)["params.yaml"]["train.epochs"]["new"] == 2
+    page = (project / "plots/report.md").read_text()
+    assert re.search(r"\|\s*train\.epochs\s*\|\s*1\s*\|\s*2\s*\|", page), page[:2000]
 
     page = sh("dvc", "plots", "show", "--json", cwd=project)
     assert "LR range test" in page.stdout

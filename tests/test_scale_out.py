@@ -14,8 +14,8 @@ def test_queued_experiments_run_and_show_different_metrics(reproduced_copy: Path
         sh("dvc", "exp", "run", "--queue", "-n", f"lr-{lr}", "-S", f"train.max_lr={lr}",
            cwd=project)  # fmt: skip
     sh("dvc", "queue", "start", "-j", "1", cwd=project)
-    sh("dvc", "queue", "wait", "lr-0.01", cwd=project, check=False)
-    sh("dvc", "queue", "wait", "lr-0.2", cwd=project, check=False)
+    sh("dvc", "queue", "logs", "-f", "lr-0.01", cwd=project)
+    sh("dvc", "queue", "logs", "-f", "lr-0.2", cwd=project)
     shown = json.loads(sh("dvc", "exp", "show", "--json", cwd=project).stdout)
     found = dict(_named_metrics(shown, {"lr-0.01", "lr-0.2"}))
     assert set(found) == {"lr-0.01", "lr-0.2"}, shown

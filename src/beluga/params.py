@@ -28,6 +28,7 @@ class PathsParams(_Section):
 
     data: str
     download_dir: str
+    download_metrics: str
     checkpoint: str
     model: str
     lr_find_metrics: str
@@ -43,6 +44,7 @@ class PathsParams(_Section):
     confusion_plot: str
     misclassified_plot: str
     model_summary: str
+    report: str
 
 
 class DataParams(_Section):

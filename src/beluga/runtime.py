@@ -8,8 +8,10 @@ cannot honour stops the stage with one line before any work.
 from __future__ import annotations
 
 import contextlib
+import platform
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -45,6 +47,17 @@ class Runtime:
 
     def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
         return model.to(self.device, memory_format=self.memory_format)
+
+    def machine(self) -> str:
+        """The GPU's name, or the CPU's model name: what a timing was measured on."""
+        if self.device.type == "cuda":
+            return torch.cuda.get_device_name(self.device)
+        cpuinfo = Path("/proc/cpuinfo")
+        if cpuinfo.exists():
+            for line in cpuinfo.read_text().splitlines():
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+        return platform.processor() or platform.machine()
 
 
 def cpu_has_bf16() -> bool:

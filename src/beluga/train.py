@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -210,6 +211,7 @@ def fit(
     fingerprint: str,
     settings: dict,
     ranks: Ranks = ONE_PROCESS,
+    on_epoch: Callable[[list[dict]], None] | None = None,
 ) -> tuple[list[dict], nn.Module]:
     """Train for train.epochs; return one row of history per epoch and the model to keep.
 
@@ -219,6 +221,8 @@ def fit(
     `settings` are the params behind the fingerprint, stored so that a later
     run can say which differ. Rank 0 alone tests, prints and writes. The model
     to keep is `model` itself, or its moving average where train.ema_decay is set.
+    Rank 0 calls `on_epoch(history)` once the run is set up (resumed or not) and
+    after each checkpointed epoch, so progress can be shown while it trains.
     """
     opt = one_cycle(model, optimizer=optimizer, train=train, max_lr=max_lr,
                     steps_per_epoch=len(train_loader), runtime=runtime)  # fmt: skip
@@ -226,6 +230,8 @@ def fit(
     step_model = torch.compile(step_model) if train.compile else step_model
     history = _restore(checkpoint_path, fingerprint, settings, model, opt, train_loader,
                        runtime, ranks)  # fmt: skip
+    report = on_epoch if on_epoch is not None and ranks.is_main else lambda history: None
+    report(history)
 
     with _StopFlag() as stop:
         for epoch in range(len(history) + 1, train.epochs + 1):
@@ -258,6 +264,7 @@ def fit(
                 "history": history,
             }
             _save_together(checkpoint_path, state, ranks, runtime.device)
+            report(history)
             (signum,) = distributed.max_over_ranks([stop.signum], ranks, runtime.device)
             if signum:
                 raise Interrupted(
