@@ -49,6 +49,7 @@ def main() -> None:
         col_names=("output_size", "num_params"),
     )  # fmt: skip
     write_text(paths.model_summary, f"{summary}\n")
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     page = Path(paths.report)
     metrics = report_page.read_metrics([
@@ -57,9 +58,9 @@ def main() -> None:
     ])  # fmt: skip
     text = report_page.render(
         page, paths=paths, params=yaml.safe_load(Path("params.yaml").read_text()),
-        committed=report_page.committed_params(), metrics=metrics,
-        layers=layer_table(model), model_config=model.config,
-        trained_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        max_lr_set=params.train.max_lr is not None, baseline=report_page.baseline(),
+        metrics=metrics, layers=layer_table(model, summary), model_config=model.config,
+        trained_parameters=trained,
         report_seconds=time.perf_counter() - start,
     )  # fmt: skip
     write_text(page, text)

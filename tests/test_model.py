@@ -1,5 +1,6 @@
 import numpy as np
 import torch
+import torchinfo
 from conftest import DEFAULTS
 from torch import nn
 
@@ -69,20 +70,26 @@ def test_frozen_bn_scale_leaves_only_the_bn_scales_untrained():
     assert _trainable(frozen) == 6_573_130 - bn_scales
 
 
+def _layers(model: nn.Module):
+    return layer_table(model, torchinfo.summary(model, input_size=(1, 3, 32, 32), verbose=0))
+
+
 def test_receptive_field_is_computed_from_kernels_strides_and_dilations():
     model = nn.Sequential(
         nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, stride=2, padding=1),
         nn.MaxPool2d(2), nn.Conv2d(4, 4, 3, padding=2, dilation=2),
         nn.AdaptiveAvgPool2d(1),
     )  # fmt: skip
-    table = layer_table(model, image_size=32)
-    assert table.receptive_field.tolist() == [3, 3, 5, 7, 7 + 2 * 2 * 4, 32]
-    assert table.jump.tolist() == [1, 1, 2, 4, 4, 4]
+    table = _layers(model)
+    # the global pool is an 8-wide kernel over outputs 4 input pixels apart
+    assert table.receptive_field.tolist() == [3, 3, 5, 7, 7 + 2 * 2 * 4, 23 + 7 * 4]
+    assert table.jump.tolist() == [1, 1, 2, 4, 4, 32]
     assert table.output_shape.tolist()[-1] == "4x1x1"
 
 
-def test_resnet9_sees_the_whole_image_only_at_its_head():
-    table = layer_table(ResNet9()).set_index("layer")
+def test_resnet9_receptive_field_covers_the_image_from_layer3_on():
+    table = _layers(ResNet9()).set_index("layer")
     assert table.parameters.sum() == 6_573_130
+    assert table.receptive_field["layer2.0"] == 18
     assert table.receptive_field["layer3.0.1"] == 32 and table.jump["layer3.0.1"] == 8
     assert table.receptive_field["head.0"] == 88 and table.output_shape["head.0"] == "512x1x1"

@@ -19,17 +19,24 @@ import yaml
 from .params import PathsParams
 
 
-def committed_params(path: str | Path = "params.yaml") -> dict | None:
-    """params.yaml as of the last commit (what `dvc params diff` compares with), if any."""
+def baseline(path: str | Path = "params.yaml") -> tuple[str, dict] | None:
+    """(commit, its params.yaml) for the commit this run started from, if there is one.
+
+    That is what `dvc params diff` compares the workspace with; the page names
+    the commit, because once the run is committed its parent is the baseline.
+    """
     try:
-        shown = subprocess.run(["git", "show", f"HEAD:./{path}"], capture_output=True,
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, check=True).stdout.strip()  # fmt: skip
+        shown = subprocess.run(["git", "show", f"{commit}:./{path}"], capture_output=True,
                                text=True, check=True)  # fmt: skip
     except (OSError, subprocess.CalledProcessError):
         return None
-    return yaml.safe_load(shown.stdout)
+    return commit, yaml.safe_load(shown.stdout)
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
+    """Nested dicts as one level of dotted keys, as `dvc params diff` names them."""
     out = {}
     for key, value in tree.items():
         if isinstance(value, dict):
@@ -39,15 +46,17 @@ def _flat(tree: dict, prefix: str = "") -> dict:
     return out
 
 
-def params_changes(current: dict, committed: dict | None) -> pd.DataFrame:
-    """Keys whose value differs from the committed params.yaml."""
-    now, before = _flat(current), _flat(committed or {})
-    keys = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k))
+def params_changes(current: dict, before: dict) -> pd.DataFrame:
+    """Keys whose value differs between two params files, values as JSON (`-`: no such key)."""
+    now, old = _flat(current), _flat(before)
+    missing = object()
+    keys = sorted(k for k in set(now) | set(old)
+                  if now.get(k, missing) != old.get(k, missing))  # fmt: skip
     return pd.DataFrame(
         {
             "key": keys,
-            "committed": [before.get(k) for k in keys],
-            "this run": [now.get(k) for k in keys],
+            "baseline": [json.dumps(old[k]) if k in old else "-" for k in keys],
+            "this run": [json.dumps(now[k]) if k in now else "-" for k in keys],
         }  # fmt: skip
     )
 
@@ -64,6 +73,7 @@ def metrics_table(metrics: dict[str, dict]) -> pd.DataFrame:
 
 
 def _link(picture: str, page: Path, title: str) -> str:
+    """A Markdown image whose path is relative to the page, so it renders on a git host."""
     return f"![{title}]({Path(os.path.relpath(picture, page.parent)).as_posix()})"
 
 
@@ -77,31 +87,44 @@ def render(
     *,
     paths: PathsParams,
     params: dict,
-    committed: dict | None,
+    max_lr_set: bool,
+    baseline: tuple[str, dict] | None,
     metrics: dict[str, dict],
     layers: pd.DataFrame,
     model_config: dict,
     trained_parameters: int,
     report_seconds: float,
 ) -> str:
-    """The page's Markdown. `metrics` maps each metrics file's path to its contents."""
+    """The page's Markdown.
+
+    `params` is params.yaml as read, `baseline` the commit the run started from and
+    its params, `metrics` each metrics file's path and contents.
+    """
     download = metrics[paths.download_metrics]
     finder = metrics[paths.lr_find_metrics]
     train = metrics[paths.train_metrics]
     evaluation = metrics[paths.eval_metrics]
-    changes = params_changes(params, committed)
-    chosen = params["train"]["max_lr"]
     lr_line = (
-        f"`train.max_lr` is set: **{chosen:g}** (the range test's `{finder['suggestion']}` "
-        f"rule suggested {finder['suggested_lr']:.4g})"
-        if chosen is not None
+        f"`train.max_lr` is set: **{train['max_lr']:.4g}** (the range test's "
+        f"`{finder['suggestion']}` rule suggested {finder['suggested_lr']:.4g})"
+        if max_lr_set
         else f"max_lr **{train['max_lr']:.4g}**, chosen by the `{finder['suggestion']}` rule "
         f"(`lr_find.suggestion`) from {finder['iterations_finite']} finite points"
     )
     done = f"{train['epochs_done']} of {train['epochs_planned']} epochs"
     by_stage = {"download": download, "lr_find": finder, "train": train, "evaluate": evaluation}
+    recipe = (
+        [f"Params that differ from commit `{baseline[0]}`'s `params.yaml`, the commit this run "
+         "started from (what `dvc params diff` showed then):",
+         _table(params_changes(params, baseline[1]))]
+        if baseline
+        else ["No commit to compare `params.yaml` with."]
+    )  # fmt: skip
     times = pd.DataFrame(
-        [{"stage": stage, "seconds": values.get("seconds")} for stage, values in by_stage.items()]
+        [
+            {"stage": stage, "seconds": values.get("seconds", "-")}
+            for stage, values in by_stage.items()
+        ]
         + [{"stage": "report", "seconds": round(report_seconds, 1)}]
     )
     per_class = metrics[paths.per_class_metrics]
@@ -130,16 +153,13 @@ def render(
         + f"; prepared data `{paths.data}`, md5 `{download['data_md5']}`: "
         f"{download['train_images']:,} training and {download['test_images']:,} test images.",
         "## Recipe",
-        "Params that differ from the committed `params.yaml` (as `dvc params diff` shows):"
-        if committed is not None
-        else "No committed `params.yaml` to compare with (not a git repository).",
-        _table(changes) if committed is not None else "",
+        *recipe,
         "## Learning rate",
         _link(paths.lr_find_plot, page, "LR range test"),
         lr_line + ".",
         "## Training",
         _link(paths.curves_plot, page, "Training curves"),
-        f"{done}; {train['device']} ({train['machine']}), {train['precision']}.",
+        f"{done}.",
         "## Results",
         f"Test accuracy {100 * evaluation['accuracy']:.2f}% "
         f"({evaluation['correct']:,} of {evaluation['total']:,}, "
@@ -155,7 +175,8 @@ def render(
         _table(layers),
         "## Time and machine",
         f"Training ran on {train['machine']} ({train['device']}, {train['precision']}); "
-        "seconds per stage, without Python's start-up (train: the epochs alone).",
+        "seconds per stage, without Python's start-up (train: its epochs, each with its "
+        "test pass).",
         _table(times),
     ]
     return "\n\n".join(s for s in sections if s) + "\n"

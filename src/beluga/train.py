@@ -12,6 +12,7 @@ import math
 import signal
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -185,17 +186,19 @@ def _restore(
     return state["history"]
 
 
-def _save_together(path: Path, state: dict, ranks: Ranks, device: torch.device) -> None:
-    """Rank 0 writes the checkpoint; if that fails, every rank stops with the same error."""
+def _write_together(
+    write: Callable[[], None], what: str, ranks: Ranks, device: torch.device
+) -> None:
+    """Rank 0 runs `write`; if it fails, every rank stops with the same error."""
     failure = ""
     if ranks.is_main:
         try:
-            checkpoint.save(path, state)
+            write()
         except OSError as error:
-            failure = f"cannot write the checkpoint {path}: {error}"
+            failure = f"cannot write {what}: {error}"
     (failed,) = distributed.max_over_ranks([int(bool(failure))], ranks, device)
     if failed:
-        raise TrainingError(failure or "rank 0 could not write the checkpoint")
+        raise TrainingError(failure or f"rank 0 could not write {what}")
 
 
 def fit(
@@ -230,16 +233,16 @@ def fit(
     step_model = torch.compile(step_model) if train.compile else step_model
     history = _restore(checkpoint_path, fingerprint, settings, model, opt, train_loader,
                        runtime, ranks)  # fmt: skip
-    report = on_epoch if on_epoch is not None and ranks.is_main else lambda history: None
-    report(history)
+    notify = on_epoch or (lambda history: None)
+    _write_together(partial(notify, history), "the progress files", ranks, runtime.device)
 
     with _StopFlag() as stop:
         for epoch in range(len(history) + 1, train.epochs + 1):
             start = time.perf_counter()
             row = train_epoch(step_model, train_loader, opt, runtime, epoch=epoch, stop=stop,
                               ranks=ranks)  # fmt: skip
-            seconds = time.perf_counter() - start
             test = score(opt.kept(model), test_loader, runtime) if ranks.is_main else None
+            seconds = time.perf_counter() - start
             if test is not None:
                 print(test)
             history.append(
@@ -263,8 +266,9 @@ def fit(
                 ),
                 "history": history,
             }
-            _save_together(checkpoint_path, state, ranks, runtime.device)
-            report(history)
+            _write_together(partial(checkpoint.save, checkpoint_path, state),
+                            f"the checkpoint {checkpoint_path}", ranks, runtime.device)  # fmt: skip
+            _write_together(partial(notify, history), "the progress files", ranks, runtime.device)
             (signum,) = distributed.max_over_ranks([stop.signum], ranks, runtime.device)
             if signum:
                 raise Interrupted(
