@@ -2,7 +2,8 @@
 
     python scripts/grid.py GRID.yaml OUT [--seconds N]
 
-GRID.yaml lists runs, each a name and `-S`-style overrides of params.yaml; for
+GRID.yaml lists runs, each a name and `-S`-style overrides of params.yaml (a
+YAML alias of a list of them is spliced in, so a recipe is written once); for
 each, the lr_find, train and evaluate stages run in OUT/<name>/ exactly as
 `dvc exp run -S key=value ...` would run them (the downloaded data is shared),
 but in one process, so start-up and the upload of the images to the device
@@ -71,6 +72,11 @@ def _run(name: str, overrides: list[str], base: dict, out: Path, mains: dict) ->
     return row
 
 
+def _flat(overrides: list) -> list[str]:
+    """Overrides with YAML-aliased lists (a shared recipe, `*bag`) spliced in."""
+    return [a for item in overrides for a in (item if isinstance(item, list) else [item])]
+
+
 def _accuracy(row: dict) -> float:
     return row.get("eval", {}).get("accuracy", -1.0)
 
@@ -99,7 +105,7 @@ def main() -> None:
 
     for entry in grid["runs"]:
         if time.monotonic() < deadline:
-            run(entry["name"], entry["overrides"])
+            run(entry["name"], _flat(entry["overrides"]))
     confirm = grid.get("confirm")
     if confirm:
         among = [row for row in rows if row["name"] in confirm["among"]]
@@ -115,7 +121,7 @@ def main() -> None:
                 )
     for entry in grid.get("after", []):
         if time.monotonic() < deadline:
-            run(entry["name"], entry["overrides"])
+            run(entry["name"], _flat(entry["overrides"]))
 
 
 if __name__ == "__main__":

@@ -31,12 +31,12 @@ def main() -> None:
                            label_smoothing=params.train.label_smoothing,
                            finder=finder)  # fmt: skip
     suggestions = suggest(curve, finder)
-    chosen = suggestions[finder.suggestion]
+    chosen = suggestions[finder.suggestion] / finder.divide_by
     finite = usable(curve)
     table = pd.DataFrame({"lr": finite.lrs, "loss": finite.losses})
     write_with(paths.lr_find_curve, lambda tmp: table.to_csv(tmp, index=False))
-    figures.lr_find_figure(finite.lrs, finite.losses, chosen, finder.suggestion,
-                           paths.lr_find_plot)  # fmt: skip
+    rule = finder.suggestion + (f" / {finder.divide_by:g}" if finder.divide_by != 1 else "")
+    figures.lr_find_figure(finite.lrs, finite.losses, chosen, rule, paths.lr_find_plot)
     write_json(
         paths.lr_find_metrics,
         {
@@ -52,7 +52,8 @@ def main() -> None:
             "seconds": round(time.perf_counter() - start, 1),
         },
     )
-    print(f"Suggested max_lr ({finder.suggestion} rule): {chosen:.3g}  {suggestions}")
+    print(f"Suggested max_lr ({finder.suggestion} rule / {finder.divide_by:g}): {chosen:.3g}  "
+          f"{suggestions}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ import torchinfo
 from conftest import DEFAULTS
 from torch import nn
 
+from beluga.batch_norm import BatchNorm
 from beluga.loader import MEAN, STD
 from beluga.model import ResNet9, build_model, load_model, save_model
 from beluga.receptive_field import layer_table
@@ -41,7 +42,9 @@ def _trainable(model) -> int:
 def test_whiten_stem_keeps_the_learnt_weights_and_freezes_filters_from_the_data(tmp_path):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (600, 32, 32, 3), dtype=np.uint8)
-    params = DEFAULTS.model.model_copy(update={"stem": "whiten", "activation": "celu"})
+    params = DEFAULTS.model.model_copy(
+        update={"stem": "whiten", "activation": "celu", "freeze_bn_scale": False}
+    )
     model = build_model(params, 10, images)
     assert _trainable(model) == 6_573_130
     filters = model.prep[0].weight
@@ -93,3 +96,45 @@ def test_resnet9_receptive_field_covers_the_image_from_layer3_on():
     assert table.receptive_field["layer2.0"] == 18
     assert table.receptive_field["layer3.0.1"] == 32 and table.jump["layer3.0.1"] == 8
     assert table.receptive_field["head.0"] == 88 and table.output_shape["head.0"] == "512x1x1"
+
+
+def test_ghost_batch_norm_normalises_each_interleaved_sub_batch_and_averages_their_statistics():
+    torch.manual_seed(0)
+    norm = BatchNorm(3, ghost_splits=2).train()
+    x = torch.randn(8, 3, 4, 4) * 3 + 1
+    y = norm(x)
+    for part in (0, 1):
+        alone = torch.nn.functional.batch_norm(x[part::2], None, None, training=True)
+        assert torch.allclose(y[part::2], alone, atol=1e-5)
+    means = torch.stack([x[part::2].mean((0, 2, 3)) for part in (0, 1)]).mean(0)
+    assert torch.allclose(norm.running_mean, 0.1 * means, atol=1e-6)
+    # a batch that does not split evenly is normalised whole; testing uses the running stats
+    odd = torch.randn(7, 3, 4, 4)
+    whole = torch.nn.functional.batch_norm(odd, None, None, training=True)
+    assert torch.allclose(norm(odd), whole, atol=1e-5)
+    plain = nn.BatchNorm2d(3).eval()
+    plain.load_state_dict(norm.state_dict())
+    assert torch.allclose(norm.eval()(odd), plain(odd), atol=1e-6)
+
+
+def test_bias_lr_factor_trains_the_bias_like_sgd_at_that_factor_and_weight_decay_divided():
+    torch.manual_seed(0)
+    x, target = torch.randn(16, 4, 3, 3), torch.randn(16, 4, 3, 3)
+    fast = BatchNorm(4, bias_lr_factor=64.0)
+    plain = nn.BatchNorm2d(4)
+    sgd = {"lr": 0.01, "momentum": 0.9, "nesterov": True}
+    opt_fast = torch.optim.SGD(fast.parameters(), weight_decay=5e-4, **sgd)
+    groups = [{"params": [plain.weight]},
+              {"params": [plain.bias], "lr": 0.64, "weight_decay": 5e-4 / 64}]  # fmt: skip
+    opt_plain = torch.optim.SGD(groups, weight_decay=5e-4, **sgd)
+    with torch.no_grad():
+        fast.bias.fill_(0.3 / 8)
+        plain.bias.fill_(0.3)
+    for _ in range(5):
+        for norm, opt in ((fast, opt_fast), (plain, opt_plain)):
+            opt.zero_grad()
+            ((norm(x) - target) ** 2).mean().backward()
+            opt.step()
+    assert torch.allclose(fast.bias * 8, plain.bias, atol=1e-5)
+    assert not torch.allclose(plain.bias, torch.full((4,), 0.3), atol=1e-3)
+    assert torch.allclose(fast.weight, plain.weight, atol=1e-5)

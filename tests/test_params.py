@@ -22,7 +22,7 @@ def _changed(raw: dict) -> dict:
 
 def test_project_params_file_is_valid():
     params = load_params(ROOT / "params.yaml")
-    assert params.train.epochs == 24 and params.train.batch_size == 512
+    assert params.train.epochs == 12 and params.train.batch_size == 512
 
 
 @pytest.mark.parametrize(

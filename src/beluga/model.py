@@ -1,9 +1,11 @@
 """The custom ResNet (ResNet-9) of the reference run: 6,573,130 trainable parameters.
 
-Recipe options change an activation or the stem, never the layers and widths:
-`activation` (ReLU or CELU), `stem` (the 3x3 convolution, or a frozen 3x3
-patch-whitening convolution followed by a learnt 1x1 one with the same number
-of weights) and `freeze_bn_scale` (batch-norm scales fixed at 1).
+Recipe options change an activation, a normalisation or the stem, never the
+layers and widths: `activation` (ReLU or CELU with `celu_alpha`), `stem` (the
+3x3 convolution, or a frozen 3x3 patch-whitening convolution followed by a
+learnt 1x1 one with the same number of weights), and the batch norms'
+`freeze_bn_scale` (scales fixed at 1), `ghost_bn_splits` and
+`bn_bias_lr_factor` (`beluga.batch_norm`).
 """
 
 from __future__ import annotations
@@ -15,35 +17,44 @@ import torch
 from torch import nn
 
 from .atomic import write_with
+from .batch_norm import BatchNorm
 from .params import ModelParams
 from .whitening import patch_whitening
 
-CELU_ALPHA = 0.075  # David Page's choice for this network
 WHITENED_CHANNELS = 27  # one per eigenvector of a 3x3x3 patch
 
 
-def _activation(name: str) -> nn.Module:
-    return nn.CELU(CELU_ALPHA) if name == "celu" else nn.ReLU(inplace=True)
+class Parts:
+    """The batch norm and activation every conv block gets, as the model options set them."""
+
+    def __init__(self, activation: str, celu_alpha: float, **norm_options) -> None:
+        self.activation, self.celu_alpha, self.norm_options = activation, celu_alpha, norm_options
+
+    def norm(self, channels: int) -> BatchNorm:
+        return BatchNorm(channels, **self.norm_options)
+
+    def act(self) -> nn.Module:
+        return nn.CELU(self.celu_alpha) if self.activation == "celu" else nn.ReLU(inplace=True)
 
 
 def conv_bn(
-    c_in: int, c_out: int, activation: str, pool: bool = False, size: int = 3
+    c_in: int, c_out: int, parts: Parts, pool: bool = False, size: int = 3
 ) -> nn.Sequential:
     """Convolution (no bias), optional 2x2 max-pool, BatchNorm, activation."""
     layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, size, padding=size // 2, bias=False)]
     if pool:
         layers.append(nn.MaxPool2d(2))
-    layers += [nn.BatchNorm2d(c_out), _activation(activation)]
+    layers += [parts.norm(c_out), parts.act()]
     return nn.Sequential(*layers)
 
 
 class Residual(nn.Module):
     """x + (conv-bn-activation twice)(x), at constant width."""
 
-    def __init__(self, channels: int, activation: str) -> None:
+    def __init__(self, channels: int, parts: Parts) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            conv_bn(channels, channels, activation), conv_bn(channels, channels, activation)
+            conv_bn(channels, channels, parts), conv_bn(channels, channels, parts)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -74,32 +85,28 @@ class ResNet9(nn.Module):
         num_classes: int = 10,
         logit_scale: float = 1.0,
         activation: str = "relu",
+        celu_alpha: float = 0.075,
         stem: str = "conv",
         freeze_bn_scale: bool = False,
+        ghost_bn_splits: int = 1,
+        bn_bias_lr_factor: float = 1.0,
     ) -> None:
         super().__init__()
         self.config = {"num_classes": num_classes, "logit_scale": logit_scale,
-                       "activation": activation, "stem": stem,
-                       "freeze_bn_scale": freeze_bn_scale}  # fmt: skip
+                       "activation": activation, "celu_alpha": celu_alpha, "stem": stem,
+                       "freeze_bn_scale": freeze_bn_scale, "ghost_bn_splits": ghost_bn_splits,
+                       "bn_bias_lr_factor": bn_bias_lr_factor}  # fmt: skip
+        parts = Parts(activation, celu_alpha, ghost_splits=ghost_bn_splits,
+                      bias_lr_factor=bn_bias_lr_factor, freeze_scale=freeze_bn_scale)  # fmt: skip
         if stem == "whiten":
-            self.prep = nn.Sequential(
-                Whitening(), *conv_bn(WHITENED_CHANNELS, 64, activation, size=1)
-            )
+            self.prep = nn.Sequential(Whitening(), *conv_bn(WHITENED_CHANNELS, 64, parts, size=1))
         else:
-            self.prep = conv_bn(3, 64, activation)
-        self.layer1 = nn.Sequential(
-            conv_bn(64, 128, activation, pool=True), Residual(128, activation)
-        )
-        self.layer2 = conv_bn(128, 256, activation, pool=True)
-        self.layer3 = nn.Sequential(
-            conv_bn(256, 512, activation, pool=True), Residual(512, activation)
-        )
+            self.prep = conv_bn(3, 64, parts)
+        self.layer1 = nn.Sequential(conv_bn(64, 128, parts, pool=True), Residual(128, parts))
+        self.layer2 = conv_bn(128, 256, parts, pool=True)
+        self.layer3 = nn.Sequential(conv_bn(256, 512, parts, pool=True), Residual(512, parts))
         self.head = nn.Sequential(nn.MaxPool2d(4), nn.Flatten(), nn.Linear(512, num_classes))
         self.logit_scale = logit_scale
-        if freeze_bn_scale:
-            for module in self.modules():
-                if isinstance(module, nn.BatchNorm2d):
-                    module.weight.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.layer3(self.layer2(self.layer1(self.prep(x))))
@@ -108,8 +115,7 @@ class ResNet9(nn.Module):
 
 def build_model(params: ModelParams, num_classes: int, train_images: np.ndarray) -> ResNet9:
     """The network params.model describes; the `whiten` stem's filters come from `train_images`."""
-    model = ResNet9(num_classes, params.logit_scale, params.activation, params.stem,
-                    params.freeze_bn_scale)  # fmt: skip
+    model = ResNet9(num_classes, **params.model_dump())
     if params.stem == "whiten":
         with torch.no_grad():
             model.prep[0].weight.copy_(patch_whitening(train_images))

@@ -60,8 +60,11 @@ class DataParams(_Section):
 class ModelParams(_Section):
     logit_scale: float = Field(gt=0)
     activation: Literal["relu", "celu"]
+    celu_alpha: float = Field(gt=0)
     stem: Literal["conv", "whiten"]
     freeze_bn_scale: bool
+    ghost_bn_splits: int = Field(ge=1)
+    bn_bias_lr_factor: float = Field(gt=0)
 
 
 class OptimizerParams(_Section):
@@ -82,6 +85,7 @@ class LRFindParams(_Section):
     skip_end: int = Field(ge=0)
     suggestion: Literal["steepest", "valley", "minimum"]
     min_rise: float = Field(gt=0)
+    divide_by: float = Field(ge=1, description="training's max_lr is the rule's LR over this")
 
     @model_validator(mode="after")
     def _check_range(self) -> LRFindParams:
@@ -98,7 +102,7 @@ class TrainParams(_Section):
     max_lr: float | None = Field(gt=0)
     pct_start: float = Field(gt=0, lt=1)
     div_factor: float = Field(ge=1)
-    final_div_factor: float = Field(ge=1)
+    final_div_factor: float = Field(gt=0, description="<1 ends above the start LR (a tail)")
     anneal_strategy: Literal["linear", "cos"]
     cycle_momentum: bool
     base_momentum: float = Field(ge=0, lt=1)

@@ -110,6 +110,11 @@ def render(
         if max_lr_set
         else f"max_lr **{train['max_lr']:.4g}**, chosen by the `{finder['suggestion']}` rule "
         f"(`lr_find.suggestion`) from {finder['iterations_finite']} finite points"
+        + (
+            f", divided by {finder['divide_by']:g} (`lr_find.divide_by`)"
+            if finder.get("divide_by", 1) != 1
+            else ""
+        )
     )
     done = f"{train['epochs_done']} of {train['epochs_planned']} epochs"
     by_stage = {"download": download, "lr_find": finder, "train": train, "evaluate": evaluation}
@@ -134,11 +139,18 @@ def render(
     overall = {file: values for file, values in metrics.items() if file != paths.per_class_metrics}
     stem = "frozen 3x3 patch whitening, then a learnt 1x1 convolution"
     model_line = (
-        f"ResNet-9, activation `{model_config['activation']}`, stem "
-        f"`{model_config['stem']}`"
+        f"ResNet-9, activation `{model_config['activation']}`"
+        + (
+            f" (alpha {model_config.get('celu_alpha')})"
+            if model_config["activation"] == "celu"
+            else ""
+        )
+        + f", stem `{model_config['stem']}`"
         + (f" ({stem})" if model_config["stem"] == "whiten" else " (3x3 convolution)")
         + f", logit scale {model_config['logit_scale']}, "
-        f"BN scales {'frozen at 1' if model_config['freeze_bn_scale'] else 'learnt'}; "
+        f"BN scales {'frozen at 1' if model_config['freeze_bn_scale'] else 'learnt'}, "
+        f"ghost BN splits {model_config.get('ghost_bn_splits', 1)}, "
+        f"BN bias LR factor {model_config.get('bn_bias_lr_factor', 1.0)}; "
         f"{int(layers.parameters.sum()):,} parameters, {trained_parameters:,} of them trained. "
         "Receptive field in input pixels "
         "along the longest path; jump is the input-pixel distance between outputs."
