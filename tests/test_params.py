@@ -53,6 +53,13 @@ def test_project_params_file_is_valid():
             {"train": {"base_momentum": 0.99, "cycle_momentum": True}},
             "base_momentum 0.99 must not exceed optimizer.momentum",
         ),
+        ({"model": {"ghost_bn_splits": 0}}, "model.ghost_bn_splits: Input should be greater"),
+        ({"lr_find": {"divide_by": 0.5}}, "lr_find.divide_by: Input should be greater than or"),
+        (
+            {"train": {"sync_bn": True, "nproc": 2}},
+            "train.sync_bn: SyncBatchNorm would replace the ghost batches",
+        ),
+        ({"optimizer": {"name": "adam"}}, "model.bn_bias_lr_factor: the factor holds under SGD"),
     ],
 )
 def test_bad_values_name_the_key_in_one_line(raw, message):

@@ -165,6 +165,21 @@ class Params(_Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _check_batch_norm(self) -> Params:
+        model = self.model
+        if self.train.sync_bn and (model.ghost_bn_splits > 1 or model.bn_bias_lr_factor != 1):
+            raise ValueError(
+                "train.sync_bn: SyncBatchNorm would replace the ghost batches and the bias LR "
+                "factor; set model.ghost_bn_splits=1 and model.bn_bias_lr_factor=1 with it"
+            )
+        if self.optimizer.name == "adam" and model.bn_bias_lr_factor != 1:
+            raise ValueError(
+                "model.bn_bias_lr_factor: the factor holds under SGD only (Adam rescales "
+                "gradients); set it to 1 with optimizer.name=adam"
+            )
+        return self
+
 
 def _one_line(error: ValidationError, path: Path) -> str:
     first = error.errors()[0]
