@@ -35,8 +35,8 @@ def main() -> None:
     finite = usable(curve)
     table = pd.DataFrame({"lr": finite.lrs, "loss": finite.losses})
     write_with(paths.lr_find_curve, lambda tmp: table.to_csv(tmp, index=False))
-    rule = finder.suggestion + (f" / {finder.divide_by:g}" if finder.divide_by != 1 else "")
-    figures.lr_find_figure(finite.lrs, finite.losses, chosen, rule, paths.lr_find_plot)
+    label = finder.suggestion + (f" / {finder.divide_by:g}" if finder.divide_by != 1 else "")
+    figures.lr_find_figure(finite.lrs, finite.losses, chosen, label, paths.lr_find_plot)
     write_json(
         paths.lr_find_metrics,
         {

@@ -10,7 +10,7 @@ from torch import nn
 
 
 class BatchNorm(nn.BatchNorm2d):
-    """nn.BatchNorm2d (same parameters, buffers and state dict) with two options.
+    """nn.BatchNorm2d (same parameter and buffer names and shapes) with two options.
 
     `ghost_splits` > 1: in training, each batch is normalised as that many
     interleaved sub-batches with statistics of their own (ghost batch norm,
@@ -22,7 +22,10 @@ class BatchNorm(nn.BatchNorm2d):
     and the forward pass multiplies it back. Under SGD that trains the bias at
     f times the LR with its weight decay divided by f, David Page's pairing for
     frozen scales (f = 64), with no second parameter group for OneCycleLR and
-    the LR range test to keep in step.
+    the LR range test to keep in step. The state dict therefore holds the stored
+    bias: load it into this class with the same factor, not into a plain
+    nn.BatchNorm2d. Under data parallelism each rank splits its own share of the
+    batch.
     """
 
     def __init__(

@@ -104,17 +104,15 @@ def render(
     finder = metrics[paths.lr_find_metrics]
     train = metrics[paths.train_metrics]
     evaluation = metrics[paths.eval_metrics]
+    divide_by = finder.get("divide_by", 1)
     lr_line = (
         f"`train.max_lr` is set: **{train['max_lr']:.4g}** (the range test's "
-        f"`{finder['suggestion']}` rule suggested {finder['suggested_lr']:.4g})"
+        f"`{finder['suggestion']}` rule{f' / {divide_by:g}' if divide_by != 1 else ''} "
+        f"suggested {finder['suggested_lr']:.4g})"
         if max_lr_set
         else f"max_lr **{train['max_lr']:.4g}**, chosen by the `{finder['suggestion']}` rule "
         f"(`lr_find.suggestion`) from {finder['iterations_finite']} finite points"
-        + (
-            f", divided by {finder['divide_by']:g} (`lr_find.divide_by`)"
-            if finder.get("divide_by", 1) != 1
-            else ""
-        )
+        + (f", divided by {divide_by:g} (`lr_find.divide_by`)" if divide_by != 1 else "")
     )
     done = f"{train['epochs_done']} of {train['epochs_planned']} epochs"
     by_stage = {"download": download, "lr_find": finder, "train": train, "evaluate": evaluation}
@@ -141,7 +139,7 @@ def render(
     model_line = (
         f"ResNet-9, activation `{model_config['activation']}`"
         + (
-            f" (alpha {model_config.get('celu_alpha')})"
+            f" (alpha {model_config.get('celu_alpha', 0.075)})"
             if model_config["activation"] == "celu"
             else ""
         )
