@@ -1,12 +1,14 @@
 import numpy as np
+import pytest
 import torch
+import torch.nn.functional as F
 import torchinfo
 from conftest import DEFAULTS
 from torch import nn
 
 from beluga.batch_norm import BatchNorm
 from beluga.loader import MEAN, STD
-from beluga.model import ResNet9, build_model, load_model, save_model
+from beluga.model import CELU, ResNet9, build_model, load_model, save_model
 from beluga.receptive_field import layer_table
 
 
@@ -98,23 +100,63 @@ def test_resnet9_receptive_field_covers_the_image_from_layer3_on():
     assert table.receptive_field["head.0"] == 88 and table.output_shape["head.0"] == "512x1x1"
 
 
-def test_ghost_batch_norm_normalises_each_interleaved_sub_batch_and_averages_their_statistics():
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_ghost_batch_norm_normalises_each_sub_batch_alone_in_both_layouts(layout):
     torch.manual_seed(0)
-    norm = BatchNorm(3, ghost_splits=2).train()
-    x = torch.randn(8, 3, 4, 4) * 3 + 1
+    norm = BatchNorm(3, ghost_splits=2, bias_lr_factor=4.0).train()
+    with torch.no_grad():
+        norm.bias.fill_(0.25)
+    x = (torch.randn(8, 3, 4, 4) * 3 + 1).contiguous(memory_format=layout).requires_grad_()
+    upstream = torch.randn(8, 3, 4, 4)
     y = norm(x)
-    for part in (0, 1):
-        alone = torch.nn.functional.batch_norm(x[part::2], None, None, training=True)
-        assert torch.allclose(y[part::2], alone, atol=1e-5)
-    means = torch.stack([x[part::2].mean((0, 2, 3)) for part in (0, 1)]).mean(0)
-    assert torch.allclose(norm.running_mean, 0.1 * means, atol=1e-6)
-    # a batch that does not split evenly is normalised whole; testing uses the running stats
+    (y * upstream).sum().backward()
+    assert y.is_contiguous(memory_format=layout)
+    # the reference: each half of the batch through a batch norm of its own
+    ref_x = x.detach().clone().requires_grad_()
+    ref_bias = torch.full((3,), 0.5, requires_grad=True)
+    halves = [
+        F.batch_norm(half, None, None, bias=ref_bias, training=True) for half in ref_x.chunk(2)
+    ]
+    (torch.cat(halves) * upstream).sum().backward()
+    torch.testing.assert_close(y, torch.cat(halves))
+    torch.testing.assert_close(x.grad, ref_x.grad)
+    torch.testing.assert_close(norm.bias.grad, ref_bias.grad * 2)  # stored bias = effective / 2
+    # running statistics: one row per sub-batch, averaged on the switch to eval
+    means = torch.stack([half.mean((0, 2, 3)) for half in x.detach().chunk(2)])
+    torch.testing.assert_close(norm.split_mean, 0.1 * means)
+    norm.eval()
+    torch.testing.assert_close(norm.running_mean, 0.1 * means.mean(0))
     odd = torch.randn(7, 3, 4, 4)
-    whole = torch.nn.functional.batch_norm(odd, None, None, training=True)
-    assert torch.allclose(norm(odd), whole, atol=1e-5)
     plain = nn.BatchNorm2d(3).eval()
-    plain.load_state_dict(norm.state_dict())
-    assert torch.allclose(norm.eval()(odd), plain(odd), atol=1e-6)
+    plain.load_state_dict(norm.state_dict(), strict=False)
+    with torch.no_grad():
+        plain.bias.mul_(2)
+    torch.testing.assert_close(norm(odd), plain(odd))
+
+
+def test_ghost_batch_norm_keeps_the_average_of_a_whole_batch_update_and_loads_old_files():
+    torch.manual_seed(0)
+    norm, whole = BatchNorm(3, ghost_splits=2).train(), nn.BatchNorm2d(3).train()
+    for batch in (torch.randn(8, 3, 4, 4), torch.randn(7, 3, 4, 4) + 2, torch.randn(6, 3, 4, 4)):
+        parts = batch.chunk(2) if len(batch) % 2 == 0 else [batch]
+        y = norm(batch)
+        if len(parts) == 1:  # a batch it does not divide is normalised whole
+            torch.testing.assert_close(y, F.batch_norm(batch, None, None, training=True))
+        with torch.no_grad():  # today's running statistics: the sub-batches' updates averaged
+            stats = [torch.stack([p.mean((0, 2, 3)) for p in parts]).mean(0),
+                     torch.stack([p.var((0, 2, 3)) for p in parts]).mean(0)]  # fmt: skip
+            whole.running_mean.mul_(0.9).add_(0.1 * stats[0])
+            whole.running_var.mul_(0.9).add_(0.1 * stats[1])
+    state = norm.state_dict()
+    torch.testing.assert_close(state["running_mean"], whole.running_mean)
+    torch.testing.assert_close(state["running_var"], whole.running_var)
+    # a model file from before the per-split rows: every row starts at the running statistics
+    old = {k: v for k, v in state.items() if not k.startswith("split_")}
+    again = BatchNorm(3, ghost_splits=2)
+    again.load_state_dict(old)
+    assert torch.equal(again.split_mean, state["running_mean"].repeat(2, 1))
+    odd = torch.randn(5, 3, 4, 4)
+    torch.testing.assert_close(again.eval()(odd), norm.eval()(odd))
 
 
 def test_bias_lr_factor_trains_the_bias_like_sgd_at_that_factor_and_weight_decay_divided():
@@ -138,3 +180,16 @@ def test_bias_lr_factor_trains_the_bias_like_sgd_at_that_factor_and_weight_decay
     assert torch.allclose(fast.bias * 8, plain.bias, atol=1e-5)
     assert not torch.allclose(plain.bias, torch.full((4,), 0.3), atol=1e-3)
     assert torch.allclose(fast.weight, plain.weight, atol=1e-5)
+
+
+def test_celu_on_the_cpu_equals_torchs_celu_in_value_and_gradient():
+    x = torch.randn(4, 3, 5, 5, dtype=torch.float64, requires_grad=True)
+    celu = CELU(0.3)
+    assert torch.autograd.gradcheck(celu, (x,))
+    torch.testing.assert_close(celu(x), nn.functional.celu(x, 0.3))
+    half = (x.detach() * 4).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    out = celu(half)
+    assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(
+        out.float(), nn.functional.celu(half.float(), 0.3), atol=4e-3, rtol=1e-2
+    )

@@ -75,3 +75,19 @@ def test_ema_is_the_model_kept_and_trails_the_trained_weights():
     torch.testing.assert_close(opt.ema.module.head[2].weight, expected)
     state = opt.state_dict()
     assert state["ema"] is not None
+
+
+def test_ema_every_k_steps_averages_those_steps_at_the_decay_to_the_power_k():
+    train = DEFAULTS.train.model_copy(update={"epochs": 1, "ema_decay": 0.5, "ema_every": 2})
+    model = ResNet9()
+    opt = one_cycle(model, optimizer=DEFAULTS.optimizer, train=train, max_lr=0.1,
+                    steps_per_epoch=5, runtime=CPU)  # fmt: skip
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    weights = []
+    for _ in range(5):
+        opt.step(opt.criterion(model(x), y), model)
+        weights.append(model.head[2].weight.detach().clone())
+    # updated after steps 2 and 4 only: the first copies, the second decays by 0.5 ** 2
+    expected = 0.25 * weights[1] + 0.75 * weights[3]
+    torch.testing.assert_close(opt.ema.module.head[2].weight, expected)
+    assert not torch.allclose(expected, weights[4])

@@ -10,13 +10,21 @@ from torch import nn
 
 
 class BatchNorm(nn.BatchNorm2d):
-    """nn.BatchNorm2d (same parameter and buffer names and shapes) with two options.
+    """nn.BatchNorm2d (same parameters and buffers, and per-split ones) with two options.
 
     `ghost_splits` > 1: in training, each batch is normalised as that many
-    interleaved sub-batches with statistics of their own (ghost batch norm,
-    Hoffer et al. 2017): noisier statistics regularise a short run. The running
-    statistics are the sub-batches' average, so testing is unchanged. A batch
-    that does not divide evenly (a last, short one) is normalised whole.
+    contiguous sub-batches with statistics of their own (ghost batch norm,
+    Hoffer et al. 2017): noisier statistics regularise a short run. The loader
+    shuffles, so a contiguous chunk is as random as any other, and in both
+    memory layouts a chunk of the batch dimension is a free view, so the
+    activations are never copied into another layout (David Page's interleaved
+    view is free only in NCHW). Each sub-batch updates running statistics of its
+    own (`split_mean`, `split_var`, one row per sub-batch); `running_mean` and
+    `running_var` are their average, taken when the model is switched to eval
+    and when its state is saved, as Page does. Averaging the rows is exactly the
+    running statistics of the average, since both are linear in the updates. A
+    batch that does not divide evenly (a last, short one) is normalised whole
+    and moves every row by the same update.
 
     `bias_lr_factor` f: the stored bias is the effective one divided by sqrt(f),
     and the forward pass multiplies it back. Under SGD that trains the bias at
@@ -26,6 +34,9 @@ class BatchNorm(nn.BatchNorm2d):
     bias: load it into this class with the same factor, not into a plain
     nn.BatchNorm2d. Under data parallelism each rank splits its own share of the
     batch.
+
+    A state dict without the per-split rows (model files written before they
+    existed) loads too: every row starts from the running statistics.
     """
 
     def __init__(
@@ -40,24 +51,52 @@ class BatchNorm(nn.BatchNorm2d):
         self.ghost_splits = ghost_splits
         self.bias_gain = math.sqrt(bias_lr_factor)
         self.weight.requires_grad_(not freeze_scale)
+        if ghost_splits > 1:
+            self.register_buffer("split_mean", self.running_mean.repeat(ghost_splits, 1))
+            self.register_buffer("split_var", self.running_var.repeat(ghost_splits, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = self.bias * self.bias_gain
+        splits = self.ghost_splits
         if self.training:
             self.num_batches_tracked.add_(1)
-        splits = self.ghost_splits
-        if not self.training or splits == 1 or len(x) % splits:
+        if not self.training or splits == 1:
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, bias,
                                 self.training, self.momentum, self.eps)  # fmt: skip
-        n, c, h, w = x.shape
-        mean, var = self.running_mean.repeat(splits), self.running_var.repeat(splits)
-        # sample i goes to sub-batch i % splits: (n, c) -> (n / splits, splits * c)
-        y = F.batch_norm(x.reshape(n // splits, splits * c, h, w), mean, var,
-                         self.weight.repeat(splits), bias.repeat(splits), True, self.momentum,
-                         self.eps).reshape(n, c, h, w)  # fmt: skip
-        with torch.no_grad():
-            self.running_mean.copy_(mean.view(splits, c).mean(0))
-            self.running_var.copy_(var.view(splits, c).mean(0))
-        if x.is_contiguous(memory_format=torch.channels_last):
-            y = y.contiguous(memory_format=torch.channels_last)
-        return y
+        if len(x) % splits:
+            stats = self._average()
+            y = F.batch_norm(x, *stats, self.weight, bias, True, self.momentum, self.eps)
+            with torch.no_grad():
+                self.split_mean.add_(stats[0] - self.running_mean)
+                self.split_var.add_(stats[1] - self.running_var)
+            return y
+        stats = zip(x.chunk(splits), self.split_mean, self.split_var)
+        return torch.cat([
+            F.batch_norm(part, mean, var, self.weight, bias, True, self.momentum, self.eps)
+            for part, mean, var in stats
+        ])  # fmt: skip
+
+    @torch.no_grad()
+    def _average(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Set the running statistics to the sub-batches' average; return copies of them."""
+        torch.mean(self.split_mean, 0, out=self.running_mean)
+        torch.mean(self.split_var, 0, out=self.running_var)
+        return self.running_mean.clone(), self.running_var.clone()
+
+    def train(self, mode: bool = True) -> BatchNorm:
+        if not mode and self.ghost_splits > 1:
+            self._average()
+        return super().train(mode)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+        if self.ghost_splits > 1:
+            self._average()
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        if self.ghost_splits > 1 and f"{prefix}split_mean" not in state_dict:
+            for name in ("mean", "var"):
+                running = state_dict.get(f"{prefix}running_{name}")
+                if running is not None:
+                    state_dict[f"{prefix}split_{name}"] = running.repeat(self.ghost_splits, 1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

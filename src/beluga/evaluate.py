@@ -15,22 +15,33 @@ from .loader import DeviceLoader
 from .runtime import Runtime
 
 
-def _mirror(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return (model(x).float() + model(x.flip(3)).float()) / 2
+def _flip_views(x: torch.Tensor) -> tuple[list[torch.Tensor], list[float]]:
+    return [x, x.flip(3)], [1 / 2, 1 / 2]
 
 
-def _mirror_shift(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _flip_shift_views(x: torch.Tensor) -> tuple[list[torch.Tensor], list[float]]:
     """airbench's test-time augmentation: mirror, plus mirror at one-pixel diagonal shifts."""
     padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
-    shifted = (_mirror(model, padded[..., :-2, :-2]) + _mirror(model, padded[..., 2:, 2:])) / 2
-    return (_mirror(model, x) + shifted) / 2
+    up, down = padded[..., :-2, :-2], padded[..., 2:, 2:]
+    return [x, x.flip(3), up, up.flip(3), down, down.flip(3)], [1 / 4] * 2 + [1 / 8] * 4
 
 
+# each test-time augmentation: the views of a batch and the weights of their logits
 TTA = {
-    "none": lambda model, x: model(x).float(),
-    "flip": _mirror,
-    "flip_shift": _mirror_shift,
+    "none": lambda x: ([x], [1.0]),
+    "flip": _flip_views,
+    "flip_shift": _flip_shift_views,
 }
+
+
+def averaged_logits(
+    model: nn.Module, x: torch.Tensor, tta: str, memory_format: torch.memory_format
+) -> torch.Tensor:
+    """Float32 logits of `x` averaged over its views, all views in one forward pass."""
+    views, weights = TTA[tta](x)
+    batch = torch.cat(views).contiguous(memory_format=memory_format)
+    logits = model(batch).float().view(len(views), len(x), -1)
+    return (logits * logits.new_tensor(weights).view(-1, 1, 1)).sum(0)
 
 
 @torch.inference_mode()
@@ -43,11 +54,10 @@ def predict(
     its mirror image, "flip_shift" also with mirrored one-pixel shifts.
     """
     model.eval()
-    views = TTA[tta]
     out = []
     for x, _ in loader:
         with runtime.autocast():
-            out.append(views(model, x))
+            out.append(averaged_logits(model, x, tta, runtime.memory_format))
     return torch.cat(out)
 
 

@@ -27,6 +27,39 @@ from .whitening import patch_whitening
 WHITENED_CHANNELS = 27  # one per eigenvector of a 3x3x3 patch
 
 
+class _CeluFromExp(torch.autograd.Function):
+    """CELU as clamp, exp and arithmetic in place; its gradient from the output, as aten's."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, alpha: float) -> torch.Tensor:
+        y = x.clamp(max=0).mul_(1 / alpha).exp_().sub_(1).mul_(alpha).add_(x.clamp(min=0))
+        ctx.save_for_backward(y)
+        ctx.alpha = alpha
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (y,) = ctx.saved_tensors
+        alpha = ctx.alpha
+        return torch.ops.aten.elu_backward(grad, alpha, 1, 1 / alpha, True, y), None
+
+
+class CELU(nn.CELU):
+    """nn.CELU, with a faster forward pass on the CPU.
+
+    torch's CPU kernel for CELU (and ELU) evaluates expm1 one element at a time:
+    on an AMD EPYC (Zen 4, bf16) it took 169 ms for one batch of 512 of the stem's
+    activations where exp takes 28 ms, and made the recipe's step 16% slower than
+    with ReLU. On the CPU the same function is computed with exp (clamp, exp and
+    arithmetic in place, 69 ms); GPUs keep torch's fused kernel.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu":
+            return super().forward(x)
+        return _CeluFromExp.apply(x, self.alpha)
+
+
 class Parts:
     """The batch norm and activation every conv block gets, as the model options set them."""
 
@@ -37,7 +70,7 @@ class Parts:
         return BatchNorm(channels, **self.norm_options)
 
     def act(self) -> nn.Module:
-        return nn.CELU(self.celu_alpha) if self.activation == "celu" else nn.ReLU(inplace=True)
+        return CELU(self.celu_alpha) if self.activation == "celu" else nn.ReLU(inplace=True)
 
 
 def conv_bn(

@@ -37,8 +37,10 @@ class Optimization:
     """Everything one training step needs besides the model and the batch.
 
     `ema`, when the recipe asks for one, is an exponential moving average of the
-    weights (and batch-norm statistics), updated after every step; it is the
-    model that is tested and saved.
+    weights (and batch-norm statistics), updated after every `ema_every`-th step
+    (with the decay raised to that power, as David Page does, so that a GPU does
+    not spend a pass over every weight after each step); it is the model that is
+    tested and saved.
     """
 
     optimizer: torch.optim.Optimizer
@@ -46,6 +48,7 @@ class Optimization:
     scaler: torch.amp.GradScaler
     criterion: nn.Module
     ema: AveragedModel | None = None
+    ema_every: int = 1
 
     def step(self, loss: torch.Tensor, model: nn.Module) -> None:
         """Backward, optimizer, schedule and average: one training step after the forward pass."""
@@ -54,7 +57,7 @@ class Optimization:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        if self.ema is not None:
+        if self.ema is not None and self.scheduler.last_epoch % self.ema_every == 0:
             self.ema.update_parameters(model)
 
     def kept(self, model: nn.Module) -> nn.Module:
@@ -108,8 +111,7 @@ def one_cycle(
     )
     ema = None
     if train.ema_decay is not None:
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(train.ema_decay),
-                            use_buffers=True)  # fmt: skip
-    return Optimization(
-        opt, scheduler, runtime.grad_scaler(), make_criterion(train.label_smoothing), ema
-    )
+        decay = train.ema_decay**train.ema_every
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    return Optimization(opt, scheduler, runtime.grad_scaler(),
+                        make_criterion(train.label_smoothing), ema, train.ema_every)  # fmt: skip

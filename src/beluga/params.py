@@ -108,6 +108,7 @@ class TrainParams(_Section):
     base_momentum: float = Field(ge=0, lt=1)
     label_smoothing: float = Field(ge=0, lt=1)
     ema_decay: float | None = Field(gt=0, lt=1)
+    ema_every: int = Field(ge=1, description="steps between weight-average updates")
     compile: bool
     nproc: int = Field(ge=1, description="processes for data-parallel training (torchrun)")
     sync_bn: bool
