@@ -3,7 +3,8 @@
     python tests/rank_probe.py OUT nan|sigterm
 
 `nan`: rank 1's loss turns NaN at its third batch. `sigterm`: each rank writes its pid
-to OUT/rank<R>.pid and the test sends SIGTERM to rank 1. Every rank must stop at the
+to OUT/rank<R>.pid at its first batch (so the stop flag's handler is in place, however
+slowly the machine set up the run) and the test sends SIGTERM to rank 1. Every rank must stop at the
 same batch, rank 0 alone printing the one-line error, and the launcher exit with the
 ranks' code.
 """
@@ -38,11 +39,28 @@ class _NaNAfter(torch.nn.CrossEntropyLoss):
         return loss * float("nan") if self.calls >= self.after else loss
 
 
+class _PidAtFirstBatch(torch.nn.CrossEntropyLoss):
+    """The usual loss, which writes this rank's pid file when training has begun."""
+
+    def __init__(self, pid_file: Path) -> None:
+        super().__init__()
+        self.pid_file = pid_file
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if not self.pid_file.exists():  # written whole, then renamed: never read half-written
+            partial = self.pid_file.with_suffix(".partial")
+            partial.write_text(str(os.getpid()))
+            partial.replace(self.pid_file)
+        return super().forward(logits, target)
+
+
 @stage
 def worker() -> None:
     distributed.die_with_launcher()
     ranks = distributed.init_from_env("cpu")
-    (out / f"rank{ranks.rank}.pid").write_text(str(os.getpid()))
+    if mode == "sigterm":
+        pid_file = out / f"rank{ranks.rank}.pid"
+        optim.make_criterion = lambda smoothing: _PidAtFirstBatch(pid_file)
     if mode == "nan" and ranks.rank == 1:
         optim.make_criterion = lambda smoothing: _NaNAfter(3)
     rng = np.random.default_rng(0)
