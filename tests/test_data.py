@@ -85,3 +85,19 @@ def test_real_offline_jpeg_copy_imports_whole():
     assert np.bincount(cifar.test.labels).tolist() == [1000] * 10
     mean = cifar.train.images.reshape(-1, 3).mean(0) / 255
     np.testing.assert_allclose(mean, [0.4913, 0.4821, 0.4465], atol=5e-4)
+
+
+def test_decoding_in_processes_gives_the_same_arrays_and_the_first_bad_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    write_class_folders(tmp_path / "f")
+    alone = data.read_source(tmp_path / "f")
+    monkeypatch.setattr(data, "DECODE_CHUNK", 3)  # 17 chunks of the 50 training images
+    shared = data.read_source(tmp_path / "f")
+    np.testing.assert_array_equal(shared.train.images, alone.train.images)
+    np.testing.assert_array_equal(shared.train.labels, alone.train.labels)
+    np.testing.assert_array_equal(shared.test.images, alone.test.images)
+    for name in ("dog/0001.png", "frog/0003.png"):  # in two chunks; the first in order is named
+        (tmp_path / "f" / "train" / name).write_bytes(b"not an image")
+    with pytest.raises(data.DataError, match=r"train/dog/0001.png: not a readable image"):
+        data.read_source(tmp_path / "f")

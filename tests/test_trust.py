@@ -106,7 +106,7 @@ def test_checkpoint_is_loaded_to_the_cpu_whatever_wrote_it(tmp_path: Path, monke
     assert history == [{"epoch": 1}]
 
 
-@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", None])
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", None, "list"])
 def test_an_unreadable_or_unfitting_checkpoint_is_one_line_then_a_fresh_start(
     tmp_path: Path, capsys, content: bytes | None
 ):
@@ -116,6 +116,8 @@ def test_an_unreadable_or_unfitting_checkpoint_is_one_line_then_a_fresh_start(
         other = ResNet9(num_classes=7)
         checkpoint.save(path, {"fingerprint": "f", "settings": {}, "model": other.state_dict(),
                                "training": {}, "ranks": [], "history": [{}]})  # fmt: skip
+    elif content == "list":  # torch can read it, but it is no checkpoint
+        torch.save([1], path)
     else:
         path.write_bytes(content)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -154,6 +156,25 @@ def test_temporary_files_of_a_killed_write_are_removed_at_the_next(tmp_path: Pat
     (tmp_path / ".metrics.json.abc123.json.tmp").write_text("half")
     write_text(target, "{}")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+
+
+def test_cleanup_of_one_output_leaves_another_outputs_temporary_files(tmp_path: Path):
+    # "[a]b.json" read as a glob pattern would match "ab.json"'s temporary files
+    other = tmp_path / ".ab.json.x1.json.tmp"
+    other.write_text("another stage writing now")
+    write_text(tmp_path / "[a]b.json", "{}")
+    assert other.exists() and (tmp_path / "[a]b.json").read_text() == "{}"
+
+
+def test_outputs_get_the_mode_the_umask_allows(tmp_path: Path):
+    old = os.umask(0o077)
+    try:
+        write_text(tmp_path / "private.json", "{}")
+    finally:
+        os.umask(old)
+    write_text(tmp_path / "shared.json", "{}")
+    assert (tmp_path / "private.json").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "shared.json").stat().st_mode & 0o777 == 0o666 & ~old
 
 
 # --- one training run per workspace, and ranks that die with their launcher -----------------

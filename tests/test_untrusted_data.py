@@ -245,3 +245,28 @@ def _batch_twice(tmp: Path) -> Path:
 def test_duplicates_are_refused_not_merged(tmp_path: Path, make, expected: str):
     message = _refusal(make(tmp_path))
     assert expected in message, message
+
+
+def test_sixteen_bit_greyscale_pngs_keep_their_grey_levels(tmp_path: Path):
+    write_class_folders(tmp_path / "f")
+    grey = np.full((32, 32), 0x8000, dtype=np.uint16)  # mid-grey, which RGB conversion clips
+    grey[0, 0] = 0xFFFF
+    Image.fromarray(grey).save(tmp_path / "f" / "train" / "cat" / "0000.png")
+    cifar = data.read_source(tmp_path / "f")
+    first_cat = cifar.train.images[np.flatnonzero(cifar.train.labels == 3)[0]]
+    assert first_cat[1, 1].tolist() == [128, 128, 128] and first_cat[0, 0].tolist() == [255] * 3
+
+
+def test_label_names_that_are_arrays_and_an_empty_test_batch_are_one_line(tmp_path: Path):
+    meta = pickle.dumps({"label_names": [np.array([1, 2])] * 10})
+    assert "names classes" in _refusal(_official_with(tmp_path, {BATCHES + "batches.meta": meta}))
+    empty = _batch(np.zeros((0, 3072), dtype=np.uint8), [])
+    source = _official_with(tmp_path, {BATCHES + "test_batch": empty})
+    assert _refusal(source) == f"{BATCHES}test_batch: holds no images"
+
+
+@pytest.mark.parametrize("url", ["https://example.invalid/a b.tar.gz", "https://[::1/x.tar.gz"])
+def test_urls_that_http_refuses_are_one_line(tmp_path: Path, url: str):
+    with pytest.raises(data.DataError, match="cannot download") as error:
+        data.download(url, tmp_path, None)
+    assert "\n" not in str(error.value)

@@ -8,6 +8,7 @@ are removed at the next write of the same output.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import tempfile
@@ -19,6 +20,13 @@ from typing import Any
 
 def _prefix(path: Path) -> str:
     return f".{path.name}."
+
+
+def _file_mode() -> int:
+    """0o666 less the process's umask: the mode open() would give a new file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _sync(path: str | Path, flags: int = os.O_RDONLY) -> None:
@@ -34,13 +42,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it over `path` on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f"{_prefix(path)}*{path.suffix}.tmp"):
+    for stale in path.parent.glob(f"{glob.escape(_prefix(path))}*{glob.escape(path.suffix)}.tmp"):
         stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_prefix(path), suffix=f"{path.suffix}.tmp")
     os.close(fd)
     try:
         yield Path(tmp)
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, _file_mode())  # mkstemp's 0o600 would hide outputs from other users
         _sync(tmp)
         os.replace(tmp, path)
         _sync(path.parent, os.O_RDONLY | os.O_DIRECTORY)

@@ -56,11 +56,16 @@ def load(path: Path) -> dict | None:
     if not path.exists():
         return None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unreadable checkpoint is simply not resumed
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         print(f"Ignoring {path}: it cannot be read ({reason[:200]}); starting afresh")
         return None
+    if not isinstance(state, dict):
+        print(f"Ignoring {path}: it holds a {type(state).__name__}, not a checkpoint; "
+              "starting afresh")  # fmt: skip
+        return None
+    return state
 
 
 def differences(old: dict, new: dict, prefix: str = "") -> list[str]:

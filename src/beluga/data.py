@@ -13,7 +13,9 @@ gives one DataError line instead of running code or exhausting memory.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import io
+import os
 import pickle
 import posixpath
 import re
@@ -23,13 +25,13 @@ import warnings
 import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TypeVar
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from torchvision.datasets.utils import download_url
 
 from .atomic import write_with
 from .errors import DataError
@@ -46,6 +48,7 @@ IMAGE_FORMATS = ("PNG", "JPEG")
 MAX_FILES = 200_000
 MAX_FILE_BYTES = 200 * 2**20
 MAX_TOTAL_BYTES = 2 * 2**30
+DECODE_CHUNK = 2_000  # images per task of the decoding processes
 # Operating-system clutter in copied folders and macOS zips; skipped with a note.
 JUNK_NAMES = frozenset({"thumbs.db", "desktop.ini"})
 # All the globals the official batches (Python 2 pickles of numpy arrays) and numpy's own
@@ -90,10 +93,13 @@ def is_url(source: str) -> bool:
 
 def download(url: str, download_dir: Path, md5: str | None) -> Path:
     """Download an archive once (with a progress bar) and check its md5."""
+    # imported here: torchvision pulls in torch, which a local source never needs
+    from torchvision.datasets.utils import download_url
+
     target = download_dir / Path(url).name
     try:
         download_url(url, str(download_dir), md5=md5)
-    except (urllib.error.URLError, OSError) as error:
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as error:
         raise DataError(
             f"data.source: cannot download {url} ({error}); with no network, point "
             "data.source at a local copy, e.g. "
@@ -269,6 +275,8 @@ def _batch(name: str, blob: bytes, n_classes: int) -> Split:
         raise DataError(f"{name}: labels have shape {labels.shape}, not (N,)")
     if len(labels) != len(pixels):
         raise DataError(f"{name}: {len(pixels)} images but {len(labels)} labels")
+    if not len(labels):
+        raise DataError(f"{name}: holds no images")
     _check_range(name, "label", labels, n_classes - 1)
     images = pixels.astype(np.uint8, copy=False).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     return Split(np.ascontiguousarray(images), labels.astype(np.int64))
@@ -296,7 +304,8 @@ def _batch_members(files: dict[str, bytes], where: Path) -> dict[str, str]:
 def _check_meta(name: str, blob: bytes) -> None:
     meta = _unpickle(name, blob)
     names = meta.get("label_names", CLASSES) if isinstance(meta, dict) else meta
-    if not isinstance(names, list | tuple) or tuple(names) != CLASSES:
+    plain = isinstance(names, list | tuple) and all(isinstance(n, str) for n in names)
+    if not plain or tuple(names) != CLASSES:
         raise DataError(f"{name}: names classes {names!r:.200}, not CIFAR-10's")
 
 
@@ -325,6 +334,9 @@ def _open_checked(name: str, blob: bytes) -> tuple[np.ndarray, str]:
             if image.size != (32, 32):
                 raise DataError(f"{name}: image is {image.size[0]}x{image.size[1]}, not 32x32")
             image.load()
+            if image.mode.startswith("I"):  # 16-bit greyscale PNG, which convert("RGB") clips
+                grey = (np.asarray(image).astype(np.uint32) >> 8).astype(np.uint8)
+                return np.repeat(grey[..., None], 3, axis=2), image.mode
             return np.asarray(image.convert("RGB"), dtype=np.uint8), image.mode
 
 
@@ -365,6 +377,31 @@ def _class_files(files: dict[str, bytes], where: Path) -> dict[tuple[str, str], 
     return found
 
 
+def _decode_chunk(items: list[tuple[str, bytes]]) -> tuple[np.ndarray, list[str]]:
+    """Decoded images of `items` (name, bytes), and the names of those converted to RGB."""
+    decoded = [_decode(name, blob) for name, blob in items]
+    converted = [name for (name, _), (_, mode) in zip(items, decoded) if mode != "RGB"]
+    return np.stack([image for image, _ in decoded]), converted
+
+
+def _decode_all(items: list[tuple[str, bytes]]) -> tuple[np.ndarray, list[str]]:
+    """`_decode_chunk` over all `items`, in order, spread over the CPU's cores.
+
+    Decoding 60,000 small JPEGs is pure Python and Pillow work, so processes (not
+    threads) share it; the first bad file in order still gives the error.
+    """
+    chunks = [items[i : i + DECODE_CHUNK] for i in range(0, len(items), DECODE_CHUNK)]
+    workers = min(len(chunks), os.cpu_count() or 1)
+    if workers <= 1:
+        results = [_decode_chunk(chunk) for chunk in chunks]
+    else:
+        with ProcessPoolExecutor(workers) as pool:
+            results = list(pool.map(_decode_chunk, chunks))
+    return np.concatenate([images for images, _ in results]), [
+        name for _, names in results for name in names
+    ]
+
+
 def _from_class_folders(files: dict[str, bytes], where: Path) -> Cifar:
     found = _class_files(files, where)
     splits = {}
@@ -377,18 +414,16 @@ def _from_class_folders(files: dict[str, bytes], where: Path) -> Cifar:
                 f"{where}: {split}/{unknown[0]} is not a CIFAR-10 class "
                 f"(expected {', '.join(CLASSES)})"
             )
-        images, labels = [], []
+        names, labels = [], []
         for label, cls in enumerate(CLASSES):
-            names = sorted(found.get((split, cls), []))
-            if not names:
+            in_class = sorted(found.get((split, cls), []))
+            if not in_class:
                 raise DataError(f"{where}: class folder {split}/{cls} is missing or empty")
-            for name in names:
-                image, mode = _decode(name, files[name])
-                images.append(image)
-                if mode != "RGB":
-                    converted.append(name)
-            labels += [label] * len(names)
-        splits[split] = Split(np.stack(images), np.asarray(labels, dtype=np.int64))
+            names += in_class
+            labels += [label] * len(in_class)
+        images, non_rgb = _decode_all([(name, files[name]) for name in names])
+        converted += non_rgb
+        splits[split] = Split(images, np.asarray(labels, dtype=np.int64))
     if converted:
         print(f"{where}: converted {len(converted)} non-RGB images (greyscale, RGBA, palette) "
               f"to RGB, e.g. {converted[0]}")  # fmt: skip
