@@ -96,7 +96,7 @@ def timed(run: Callable[[], int], device: torch.device, warmup: int, repeats: in
     return statistics.median(rates)
 
 
-def _setup(
+def recipe_setup(
     params: Params, runtime: Runtime, images: np.ndarray, batch_size: int, steps: int
 ) -> tuple[ResNet9, Optimization]:
     """params.yaml's model and OneCycleLR training, set up for `steps` batches of `batch_size`."""
@@ -112,7 +112,7 @@ def ceiling(
     warmup: int, repeats: int,
 ) -> float:  # fmt: skip
     """(a) The bare step on random tensors already on the device."""
-    model, opt = _setup(params, runtime, images, batch_size, steps * (warmup + repeats))
+    model, opt = recipe_setup(params, runtime, images, batch_size, steps * (warmup + repeats))
     x = torch.randn(batch_size, 3, 32, 32, device=runtime.device)
     x = x.contiguous(memory_format=runtime.memory_format)
     y = torch.randint(0, 10, (batch_size,), device=runtime.device)
@@ -143,7 +143,7 @@ def beluga_rates(
     """(b) Whole epochs of beluga's loop over `images`, and evaluation over them."""
     loader = DeviceLoader(images, labels, batch_size, runtime, augment=params.augment,
                           shuffle=True)  # fmt: skip
-    model, opt = _setup(params, runtime, images, batch_size, len(loader) * (repeats + 1))
+    model, opt = recipe_setup(params, runtime, images, batch_size, len(loader) * (repeats + 1))
 
     def epoch() -> int:
         train_epoch(model, loader, opt, runtime, epoch=1)
@@ -188,7 +188,7 @@ def reference_rate(
                         shuffle=True, num_workers=2, persistent_workers=True,
                         pin_memory=device.type == "cuda")  # fmt: skip
     runtime = Runtime(device, "fp32", channels_last=False)
-    model, opt = _setup(params, runtime, images, batch_size, len(loader) * (repeats + 1))
+    model, opt = recipe_setup(params, runtime, images, batch_size, len(loader) * (repeats + 1))
 
     def epoch() -> int:
         model.train()
