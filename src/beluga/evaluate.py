@@ -39,7 +39,9 @@ def averaged_logits(
 ) -> torch.Tensor:
     """Float32 logits of `x` averaged over its views, all views in one forward pass."""
     views, weights = TTA[tta](x)
-    batch = torch.cat(views).contiguous(memory_format=memory_format)
+    batch = (
+        views[0] if len(views) == 1 else torch.cat(views).contiguous(memory_format=memory_format)
+    )
     logits = model(batch).float().view(len(views), len(x), -1)
     return (logits * logits.new_tensor(weights).view(-1, 1, 1)).sum(0)
 
