@@ -13,9 +13,9 @@ import pandas as pd
 
 from beluga import checkpoint, data, distributed, figures, progress
 from beluga.cli import stage
-from beluga.loader import DeviceLoader
+from beluga.loader import DeviceLoader, steps_per_epoch
 from beluga.model import build_model, save_model
-from beluga.params import Params, check_batch_size, load_params
+from beluga.params import Params, check_batch_size, check_warm_up, load_params
 from beluga.runtime import Runtime, resolve, seed_everything
 from beluga.train import fit
 
@@ -28,7 +28,9 @@ def main() -> None:
     nproc = params.train.nproc
     runtime = resolve(params.runtime, nproc, params.train.sync_bn, distributed.local_rank())
     cifar = data.load(params.paths.data)
-    check_batch_size("train.batch_size", params.train.batch_size, len(cifar.train.labels))
+    n_images = len(cifar.train.labels)
+    check_batch_size("train.batch_size", params.train.batch_size, n_images)
+    check_warm_up(params.train, steps_per_epoch(n_images, params.train.batch_size, nproc))
     if distributed.is_worker():
         distributed.die_with_launcher()
         _train(params, cifar, runtime)

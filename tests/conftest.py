@@ -105,7 +105,7 @@ def sh(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess
 TINY_PARAMS = {
     "data": {"train_per_class": None, "test_per_class": None},
     "lr_find": {"num_iter": 20, "skip_start": 2, "skip_end": 2},
-    "train": {"epochs": 1, "batch_size": 16},
+    "train": {"epochs": 1, "batch_size": 16, "pct_start": 0.5},  # a warm-up of 2 of 4 steps
     "evaluate": {"batch_size": 64, "misclassified": 6},
 }
 

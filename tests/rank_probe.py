@@ -1,8 +1,10 @@
 """Two ranks of real training, launched as the train stage launches them, with one rank sabotaged.
 
-    python tests/rank_probe.py OUT nan|sigterm
+    python tests/rank_probe.py OUT nan|kill|bug|sigterm
 
-`nan`: rank 1's loss turns NaN at its third batch. `sigterm`: each rank writes its pid
+`nan`: rank 1's loss turns NaN at its third batch; `kill`: rank 1 is killed (SIGKILL, as
+the kernel kills a process out of memory) at its third batch; `bug`: rank 1 raises
+ZeroDivisionError there. `sigterm`: each rank writes its pid
 to OUT/rank<R>.pid at its first batch (so the stop flag's handler is in place, however
 slowly the machine set up the run) and the test sends SIGTERM to rank 1. Every rank must stop at the
 same batch, rank 0 alone printing the one-line error, and the launcher exit with the
@@ -10,6 +12,7 @@ ranks' code.
 """
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -39,6 +42,26 @@ class _NaNAfter(torch.nn.CrossEntropyLoss):
         return loss * float("nan") if self.calls >= self.after else loss
 
 
+class _KilledAfter(_NaNAfter):
+    """The usual loss, until its `after`-th call, when the kernel kills the process."""
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls >= self.after:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return torch.nn.CrossEntropyLoss.forward(self, logits, target)
+
+
+class _BugAfter(_NaNAfter):
+    """The usual loss, until its `after`-th call, which fails as a bug would."""
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls >= self.after:
+            raise ZeroDivisionError("a bug in rank 1")
+        return torch.nn.CrossEntropyLoss.forward(self, logits, target)
+
+
 class _PidAtFirstBatch(torch.nn.CrossEntropyLoss):
     """The usual loss, which writes this rank's pid file when training has begun."""
 
@@ -63,6 +86,10 @@ def worker() -> None:
         optim.make_criterion = lambda smoothing: _PidAtFirstBatch(pid_file)
     if mode == "nan" and ranks.rank == 1:
         optim.make_criterion = lambda smoothing: _NaNAfter(3)
+    if mode == "kill" and ranks.rank == 1:
+        optim.make_criterion = lambda smoothing: _KilledAfter(3)
+    if mode == "bug" and ranks.rank == 1:
+        optim.make_criterion = lambda smoothing: _BugAfter(3)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (2048, 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, 10, 2048)
@@ -78,8 +105,10 @@ def worker() -> None:
         distributed.close(ranks)
 
 
+@stage
+def launcher() -> None:
+    sys.exit(distributed.launch(2, Path(__file__), *sys.argv[1:]))
+
+
 if __name__ == "__main__":
-    if distributed.is_worker():
-        worker()
-    else:
-        sys.exit(distributed.launch(2, Path(__file__), *sys.argv[1:]))
+    worker() if distributed.is_worker() else launcher()

@@ -6,6 +6,7 @@ import pytest
 from conftest import SHARED_JPEG, write_class_folders, write_official_archive
 
 from beluga import data
+from beluga.data import images
 
 
 def test_official_archive_and_png_folders_import_to_the_same_arrays(tmp_path: Path):
@@ -92,7 +93,7 @@ def test_decoding_in_processes_gives_the_same_arrays_and_the_first_bad_file(
 ):
     write_class_folders(tmp_path / "f")
     alone = data.read_source(tmp_path / "f")
-    monkeypatch.setattr(data, "DECODE_CHUNK", 3)  # 17 chunks of the 50 training images
+    monkeypatch.setattr(images, "DECODE_CHUNK", 3)  # 17 chunks of the 50 training images
     shared = data.read_source(tmp_path / "f")
     np.testing.assert_array_equal(shared.train.images, alone.train.images)
     np.testing.assert_array_equal(shared.train.labels, alone.train.labels)

@@ -2,10 +2,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 
+from beluga import data
+from beluga.data import Cifar, Split
 from beluga.params import ParamsError, load_params, parse_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,3 +101,26 @@ def test_cuda_without_a_gpu_is_one_line_from_any_stage(tmp_path: Path):
     assert result.stderr.strip() == (
         "error: params.yaml: runtime.device: cuda, but no GPU is visible; use auto or cpu"
     )
+
+
+@pytest.mark.parametrize(
+    ("train", "message"),
+    [
+        ({"epochs": 1, "batch_size": 5, "pct_start": 0.1},
+         "train.pct_start: 0.1 of 10 steps (1 epochs x 10 batches) leaves the LR's warm-up or "
+         "decay at most one step long"),
+        ({"nproc": 512}, "train.nproc: 512 processes, but this machine has"),
+    ],
+    ids=["one-step warm-up", "more ranks than cores"],
+)  # fmt: skip
+def test_train_params_that_would_fail_later_are_refused_before_training(
+    tmp_path: Path, train: dict, message: str
+):
+    rng = np.random.default_rng(0)
+    split = Split(rng.integers(0, 256, (50, 32, 32, 3), np.uint8), np.arange(50) % 10)
+    data.save(tmp_path / "data/cifar10.npz", Cifar(split, split))
+    params = _changed({"train": {"max_lr": 0.1, **train}, "runtime": {"device": "cpu"}})
+    result = _run_stage("train", params, tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith(f"error: params.yaml: {message}"), result.stderr
+    assert not (tmp_path / "checkpoints/train.pt").exists()

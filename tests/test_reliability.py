@@ -3,6 +3,7 @@
 import json
 import os
 import pickle
+import resource
 import signal
 import subprocess
 import sys
@@ -112,10 +113,17 @@ BAD_SOURCES = {
 }
 
 
-def _stage(name: str, cwd: Path) -> subprocess.CompletedProcess:
+def _stage(name: str, cwd: Path, max_file_bytes: int | None = None) -> subprocess.CompletedProcess:
+    """Run a stage; with `max_file_bytes`, writing a larger file fails as on a full disk."""
+
+    def limit_file_size() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG from write(), not a kill
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+
     return subprocess.run(
         [sys.executable, str(ROOT / "stages" / f"{name}.py")],
         cwd=cwd, env=tool_env(), capture_output=True, text=True,
+        preexec_fn=limit_file_size if max_file_bytes else None,
     )  # fmt: skip
 
 
@@ -169,6 +177,35 @@ def test_batch_larger_than_the_training_set_stops_before_work(tmp_path: Path):
         "error: params.yaml: train.batch_size: 51 is larger than the 50 training images"
     )
     assert not (work / "metrics/lr_find.json").exists()
+
+
+def test_a_failed_write_is_one_line_naming_the_file_and_keeps_the_old_one(tmp_path: Path):
+    train = {"max_lr": 0.05, "epochs": 1, "batch_size": 16, "pct_start": 0.5}
+    work = _workdir(tmp_path, data={"source": str(_folders(tmp_path)), "md5": None}, train=train)
+    (work / "data").mkdir()
+    (work / "data/cifar10.npz").write_bytes(b"previous good data")
+    result = _stage("download", work, max_file_bytes=100_000)  # the data take 216 KB
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "error: data/cifar10.npz: cannot write (File too large); the previous file, if any, "
+        "is unchanged"
+    ]
+    assert (work / "data/cifar10.npz").read_bytes() == b"previous good data"
+    assert sorted(p.name for p in (work / "data").iterdir()) == ["cifar10.npz"]
+
+    (work / "data/cifar10.npz").unlink()
+    assert _stage("download", work).returncode == 0
+    (work / "checkpoints").mkdir()
+    (work / "checkpoints/train.pt").write_bytes(b"an older checkpoint")
+    result = _stage("train", work, max_file_bytes=2**20)  # the checkpoint takes 80 MB
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        "error: checkpoints/train.pt: cannot write (File too large); the previous file, if any, "
+        "is unchanged"
+    )
+    assert "Traceback" not in result.stderr
+    assert (work / "checkpoints/train.pt").read_bytes() == b"an older checkpoint"
+    assert sorted(p.name for p in (work / "checkpoints").iterdir()) == ["train.pt", "train.pt.lock"]
 
 
 # --- training that goes wrong ---------------------------------------------------------------

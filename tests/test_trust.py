@@ -29,7 +29,7 @@ from beluga.errors import TrainingError
 from beluga.loader import DeviceLoader
 from beluga.model import ResNet9
 from beluga.optim import one_cycle
-from beluga.train import _restore
+from beluga.train import _restore, fit
 
 STAGES = ("download", "lr_find", "train", "evaluate", "report")
 
@@ -56,7 +56,9 @@ def test_a_changed_source_file_at_the_same_path_reruns_download(tmp_path: Path):
     assert (project / "data/cifar10.npz").read_bytes() != before
 
 
-@pytest.mark.parametrize("library_file", ["figures.py", "distributed.py", "data.py", "runtime.py"])
+@pytest.mark.parametrize(
+    "library_file", ["figures.py", "distributed.py", "data/archive.py", "runtime.py"]
+)
 def test_editing_any_library_file_makes_every_stage_stale(reproduced_copy: Path, library_file: str):
     assert _stale(reproduced_copy) == set()
     with open(reproduced_copy / "src/beluga" / library_file, "a") as handle:
@@ -121,10 +123,45 @@ def test_an_unreadable_or_unfitting_checkpoint_is_one_line_then_a_fresh_start(
     else:
         path.write_bytes(content)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    assert _restore(path, "f", {}, model, opt, loader, CPU, ONE_PROCESS) == []
+    assert _restore(path, "f", {}, model, opt, loader, CPU, ONE_PROCESS) is None
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"Ignoring {path}") and "afresh" in lines[0]
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def _tiny_fit(path: Path) -> tuple[list[dict], dict]:
+    """Two epochs of `fit` from seed 0 with its checkpoint at `path`: history, kept weights."""
+    torch.manual_seed(0)
+    model, _, loader = _tiny_fit_inputs()
+    train = DEFAULTS.train.model_copy(update={"epochs": 2, "batch_size": 16})
+    history, kept = fit(model, train_loader=loader, test_loader=loader, runtime=CPU,
+                        train=train, optimizer=DEFAULTS.optimizer, max_lr=0.05,
+                        checkpoint_path=path, fingerprint="f", settings={})  # fmt: skip
+    for row in history:
+        row.pop("seconds")
+    return history, kept.state_dict()
+
+
+def test_a_restore_that_fails_half_way_starts_wholly_afresh(tmp_path: Path, capsys):
+    fresh_history, fresh_weights = _tiny_fit(tmp_path / "fresh.pt")
+    state = checkpoint.load(tmp_path / "fresh.pt")  # after the last epoch: the scheduler is done
+    state["ranks"][0]["loader"] = {"epoch": 1}  # model and optimizer load; then this fails
+    checkpoint.save(tmp_path / "half.pt", state)
+    history, weights = _tiny_fit(tmp_path / "half.pt")
+    assert "it no longer fits the model" in capsys.readouterr().out
+    assert history == fresh_history
+    assert all(torch.equal(weights[k], v) for k, v in fresh_weights.items())
+
+
+def test_a_lock_that_is_a_symbolic_link_is_refused_and_its_target_untouched(tmp_path: Path):
+    (tmp_path / "params.yaml").write_text("seed: 0\n")
+    lock = tmp_path / "checkpoints/train.pt.lock"
+    lock.parent.mkdir()
+    lock.symlink_to("../params.yaml")
+    with pytest.raises(TrainingError) as error, checkpoint.exclusive(lock):
+        pass
+    assert str(error.value) == f"{lock}: cannot be the training lock (a symbolic link); remove it"
+    assert (tmp_path / "params.yaml").read_text() == "seed: 0\n"
 
 
 def test_a_checkpoint_of_other_params_names_the_keys_that_differ(tmp_path: Path, capsys):
@@ -133,7 +170,7 @@ def test_a_checkpoint_of_other_params_names_the_keys_that_differ(tmp_path: Path,
     old = {"train": {"epochs": 4, "label_smoothing": 0.2}, "seed": 0}
     new = {"train": {"epochs": 4, "label_smoothing": 0.1}, "seed": 0}
     checkpoint.save(path, {"fingerprint": "old", "settings": old})
-    assert _restore(path, "new", new, model, opt, loader, CPU, ONE_PROCESS) == []
+    assert _restore(path, "new", new, model, opt, loader, CPU, ONE_PROCESS) is None
     assert "train.label_smoothing: 0.2 -> 0.1" in capsys.readouterr().out
 
 
@@ -259,6 +296,24 @@ def test_non_finite_loss_on_one_rank_stops_both_with_one_line(tmp_path: Path):
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, stderr
     assert "at epoch 1, batch 2," in errors[0] and "not finite (on another rank)" in errors[0]
+
+
+def test_a_rank_killed_by_a_signal_is_named_in_one_line(tmp_path: Path):
+    run = _probe(tmp_path, "kill")
+    _, stderr = run.communicate(timeout=300)
+    assert run.returncode == 128 + signal.SIGKILL, stderr
+    assert "Traceback" not in stderr
+    assert [line for line in stderr.splitlines() if line.startswith("error:")] == [
+        "error: rank 1 was killed by signal 9 (SIGKILL), the kernel's answer to running out "
+        "of memory among others; the epochs before it are checkpointed, rerun to resume"
+    ]
+
+
+def test_a_bug_in_a_rank_keeps_its_traceback(tmp_path: Path):
+    run = _probe(tmp_path, "bug")
+    _, stderr = run.communicate(timeout=300)
+    assert run.returncode == 1, stderr
+    assert "[rank1]: Traceback" in stderr and "ZeroDivisionError: a bug in rank 1" in stderr
 
 
 def test_sigterm_to_one_rank_stops_both_with_exit_code_130(tmp_path: Path):

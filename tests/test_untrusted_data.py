@@ -1,9 +1,11 @@
 """A data source is untrusted: crafted files give one DataError line, never code or an OOM kill."""
 
+import http.server
 import os
 import pickle
 import struct
 import tarfile
+import threading
 import zlib
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from conftest import add_bytes, write_class_folders, write_official_archive
 from PIL import Image
 
 from beluga import data
+from beluga.data import archive
 
 BATCHES = "cifar-10-batches-py/"
 
@@ -191,7 +194,7 @@ def test_reading_stops_at_the_caps(
     tmp_path: Path, monkeypatch, make, cap: str, value: int, expected: str
 ):
     source = make(tmp_path)
-    monkeypatch.setattr(data, cap, value)
+    monkeypatch.setattr(archive, cap, value)
     assert expected in _refusal(source)
 
 
@@ -270,3 +273,179 @@ def test_urls_that_http_refuses_are_one_line(tmp_path: Path, url: str):
     with pytest.raises(data.DataError, match="cannot download") as error:
         data.download(url, tmp_path, None)
     assert "\n" not in str(error.value)
+
+
+# --- archive headers, sizes and streams -----------------------------------------------------
+
+
+def _archive_with_long_name(tmp: Path, tar_format: int) -> Path:
+    """A few KB of .tar.gz whose one member's name takes a 1 MiB pax or GNU record."""
+    with tarfile.open(tmp / "long.tar.gz", "w:gz", format=tar_format) as archive:
+        add_bytes(archive, "cifar/train/cat/" + "x" * 2**20, b"abc")
+    return tmp / "long.tar.gz"
+
+
+def _tar_header(name: str, size_field: bytes) -> bytes:
+    """A ustar header for `name` with its size field as given, and a valid checksum."""
+    header = bytearray(tarfile.TarInfo(name).tobuf(format=tarfile.USTAR_FORMAT))
+    header[124:136] = size_field
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\0 " % sum(header)
+    return bytes(header)
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (lambda tmp: _archive_with_long_name(tmp, tarfile.PAX_FORMAT),
+         "a pax header of 1,048,606 bytes, more than the 65,536 a file name needs"),
+        (lambda tmp: _archive_with_long_name(tmp, tarfile.GNU_FORMAT),
+         "a GNU long-name header of 1,048,593 bytes, more than the 65,536 a file name needs"),
+        (lambda tmp: add_file(tmp / "n.tar", _tar_header("a/train/cat/0.png", b"\xff" * 12)),
+         "member 'a/train/cat/0.png' has a negative size"),
+    ],
+    ids=["pax", "gnu long name", "negative size"],
+)  # fmt: skip
+def test_oversized_or_negative_tar_headers_are_refused_before_they_are_read(
+    tmp_path: Path, make, expected: str
+):
+    source = make(tmp_path)
+    message = _refusal(source)
+    assert message == f"{source}: not a readable .tar.gz archive ({expected}); download it again"
+
+
+def add_file(path: Path, header: bytes) -> Path:
+    path.write_bytes(header + bytes(1024))
+    return path
+
+
+def test_a_chain_of_pax_headers_is_one_line(tmp_path: Path):
+    record = tarfile.TarInfo("a")._create_pax_generic_header(
+        {"comment": "x"}, tarfile.XHDTYPE, "utf-8"
+    )
+    add_file(tmp_path / "chain.tar", record * 5000 + _tar_header("a/train/cat/0.png", b"0" * 12))
+    assert "not a readable .tar.gz archive (maximum recursion depth" in _refusal(
+        tmp_path / "chain.tar"
+    )
+
+
+@pytest.mark.parametrize(
+    ("cap", "expected"),
+    [
+        ("MAX_STREAM_BYTES", "decompresses to more than 1,000,000 bytes; CIFAR-10 is about 180 MB"),
+        ("MAX_SOURCE_BYTES", "bytes, more than the 1,000,000 of any CIFAR-10 archive"),
+    ],
+)
+def test_archives_are_capped_by_their_size_and_their_decompressed_stream(
+    tmp_path: Path, monkeypatch, cap: str, expected: str
+):
+    write_official_archive(tmp_path / "c.tar.gz")
+    with (
+        tarfile.open(tmp_path / "c.tar.gz") as small,
+        tarfile.open(tmp_path / "big.tar", "w") as big,
+    ):
+        for member in small.getmembers():  # uncompressed, and padded to over 1 MB
+            big.addfile(member, small.extractfile(member) if member.isfile() else None)
+        add_bytes(big, "padding", bytes(2**20))
+    monkeypatch.setattr(archive, cap, 1_000_000)
+    assert expected in _refusal(tmp_path / "big.tar")
+
+
+def test_archives_are_read_as_a_stream_without_seeking_back(tmp_path: Path):
+    """A pipe cannot seek: reading an archive from one proves a single pass, front to back."""
+    write_class_folders(tmp_path / "f")
+    with tarfile.open(tmp_path / "c.tar.gz", "w:gz") as archive:
+        archive.add(tmp_path / "f", arcname="cifar")
+    pipe = tmp_path / "pipe.tar.gz"
+    os.mkfifo(pipe)
+    writer = threading.Thread(target=pipe.write_bytes, args=((tmp_path / "c.tar.gz").read_bytes(),))
+    writer.start()
+    cifar = data.read_source(pipe)
+    writer.join(timeout=10)
+    expected = data.read_source(tmp_path / "c.tar.gz")
+    np.testing.assert_array_equal(cifar.train.images, expected.train.images)
+
+
+# --- pickles that ask for more than they hold -------------------------------------------------
+
+
+class _ArrayWithoutData:
+    """Pickles as numpy's reconstructor asked for an array of `shape`, with no data after it."""
+
+    def __init__(self, make: object, shape: tuple) -> None:
+        self.make, self.shape = make, shape
+
+    def __reduce__(self):
+        if self.make is np.ndarray:
+            return np.ndarray, (self.shape, "u1")
+        return self.make, (np.ndarray, self.shape, b"B")
+
+
+@pytest.mark.parametrize("make", [np.ndarray, np._core.multiarray._reconstruct])
+def test_a_pickled_array_larger_than_the_file_is_refused_before_allocation(
+    tmp_path: Path, make: object
+):
+    blob = pickle.dumps({"data": _ArrayWithoutData(make, (10**6, 3072)), "labels": [0]}, 2)
+    assert len(blob) < 1000
+    source = _official_with(tmp_path, {BATCHES + "data_batch_4": blob})
+    assert _refusal(source) == (
+        f"{BATCHES}data_batch_4: asks for arrays larger than the file (3,072,000,000 bytes for "
+        "shape (1000000, 3072)); it is crafted or corrupt"
+    )
+
+
+def test_shared_references_that_multiply_a_small_pickle_are_refused(tmp_path: Path):
+    row = [7] * 1000
+    labels = [[row] * 1000] * 100  # 10**8 labels from a pickle of a few KB
+    blob = pickle.dumps({"data": np.zeros((2, 3072), np.uint8), "labels": labels}, 2)
+    assert len(blob) < 20_000
+    source = _official_with(tmp_path, {BATCHES + "test_batch": blob})
+    assert _refusal(source) == (
+        f"{BATCHES}test_batch: labels holds more numbers than the file has bytes; it is crafted"
+    )
+
+
+# --- downloads -------------------------------------------------------------------------------
+
+
+class _Server:
+    """A local HTTP server for one file, which can be told to cut every response short."""
+
+    def __init__(self, blob: bytes) -> None:
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(blob)))
+                self.end_headers()
+                self.wfile.write(blob[: len(blob) // 2] if server.cut else blob)
+
+            def log_message(self, *args):
+                pass
+
+        self.cut = False
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_port}/cifar-10-python.tar.gz"
+
+
+def test_an_interrupted_download_is_fetched_again_even_without_an_md5(tmp_path: Path):
+    write_official_archive(tmp_path / "c.tar.gz")
+    blob = (tmp_path / "c.tar.gz").read_bytes()
+    server = _Server(blob)
+    try:
+        server.cut = True
+        with pytest.raises(data.DataError, match="the download is incomplete or corrupt"):
+            data.download(server.url, tmp_path / "raw", None)
+        assert os.listdir(tmp_path / "raw") == []  # no half file under the archive's name
+        server.cut = False
+        path = data.download(server.url, tmp_path / "raw", None)
+        assert path.read_bytes() == blob
+        server.cut = True  # a finished download is not fetched again
+        assert data.download(server.url, tmp_path / "raw", None).read_bytes() == blob
+        path.write_bytes(blob[:1000])  # one cut short, kept by an older version, is
+        server.cut = False
+        assert data.download(server.url, tmp_path / "raw", None).read_bytes() == blob
+    finally:
+        server.httpd.shutdown()

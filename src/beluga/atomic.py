@@ -9,6 +9,7 @@ are removed at the next write of the same output.
 from __future__ import annotations
 
 import glob
+import io
 import json
 import os
 import tempfile
@@ -16,6 +17,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from .errors import WriteError
 
 
 def _prefix(path: Path) -> str:
@@ -58,9 +61,33 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 def write_with(path: str | Path, writer: Callable[[Path], Any]) -> None:
-    """Call `writer(tmp_path)` and rename the result into place."""
-    with atomic_path(path) as tmp:
-        writer(tmp)
+    """Call `writer(tmp_path)` and rename the result into place.
+
+    Any failure of the file system (a full disk, a quota, a read-only folder) is one
+    WriteError naming `path`, and the file that was there before stays.
+    """
+    try:
+        with atomic_path(path) as tmp:
+            writer(tmp)
+    except OSError as error:
+        reason = error.strerror or str(error) or type(error).__name__
+        raise WriteError(
+            f"{path}: cannot write ({reason}); the previous file, if any, is unchanged"
+        ) from None
+
+
+def write_bytes(path: str | Path, blob: bytes | memoryview) -> None:
+    write_with(path, lambda tmp: tmp.write_bytes(blob))
+
+
+def write_torch(path: str | Path, obj: object) -> None:
+    """`torch.save` by way of memory: torch reports a failed write (a full disk) as a
+    RuntimeError with no path in it; written from memory it is a WriteError naming `path`."""
+    import torch  # here, not above: the download stage writes through this module without torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes(path, buffer.getbuffer())
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -7,17 +7,19 @@ params differ. One training run at a time holds a workspace's lock.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
 import os
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-from .atomic import write_with
+from .atomic import write_torch
 from .errors import TrainingError
 
 PACKAGE = Path(__file__).resolve().parent
@@ -44,7 +46,7 @@ def fingerprint(settings: dict, data: Path, code: str) -> str:
 
 
 def save(path: Path, state: dict) -> None:
-    write_with(path, lambda tmp: torch.save(state, tmp))
+    write_torch(path, state)
 
 
 def load(path: Path) -> dict | None:
@@ -80,24 +82,35 @@ def differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def _open_lock(lock: Path) -> int:
+    """The lock file's descriptor; never through a symbolic link, never anything but a file."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    except OSError as error:
+        why = "a symbolic link" if error.errno == errno.ELOOP else error.strerror
+        raise TrainingError(f"{lock}: cannot be the training lock ({why}); remove it") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise TrainingError(f"{lock}: cannot be the training lock (not a regular file); remove it")
+    return fd
+
+
 @contextmanager
 def exclusive(lock: Path) -> Iterator[None]:
     """Hold `lock` for a training run; refuse, naming the holder, if another run holds it.
 
     The kernel drops the lock when its holder dies, however it dies.
     """
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a+") as handle:
+    with os.fdopen(_open_lock(lock), "r+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
+            holder = handle.read(100).strip() or "unknown"
             raise TrainingError(
                 f"another training run (pid {holder}) is using this workspace ({lock}); "
                 "wait for it to end or stop it"
             ) from None
-        handle.seek(0)
         handle.truncate()
         handle.write(f"{os.getpid()}\n")
         handle.flush()

@@ -9,6 +9,8 @@ from collections.abc import Callable
 
 from .errors import BelugaError, Interrupted
 
+LAUNCHER_PID = "BELUGA_LAUNCHER_PID"  # set in the ranks that `distributed.launch` starts
+
 
 def stage(main: Callable[[], None]) -> Callable[[], None]:
     """Run `main`, turning a BelugaError into one line on stderr and its exit code.
@@ -25,5 +27,14 @@ def stage(main: Callable[[], None]) -> Callable[[], None]:
                 label = "interrupted" if isinstance(error, Interrupted) else "error"
                 print(f"{label}: {' '.join(str(error).split())}", file=sys.stderr)
             sys.exit(error.exit_code)
+        except Exception as error:
+            if LAUNCHER_PID not in os.environ:
+                raise
+            # A rank's unexpected error goes to the launcher (torch elastic's error file),
+            # which prints it, unless another rank's death is what caused it.
+            from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
+
+            ErrorHandler().record_exception(error)
+            sys.exit(1)
 
     return wrapper

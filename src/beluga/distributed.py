@@ -21,10 +21,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.elastic.multiprocessing.api import SignalException
-from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-LAUNCHER_PID = "BELUGA_LAUNCHER_PID"
+from .cli import LAUNCHER_PID
+from .errors import TrainingError
 
 
 @dataclass(frozen=True)
@@ -79,10 +80,42 @@ def launch(nproc: int, script: Path, *args: str) -> int:
     try:
         elastic_launch(config, sys.executable)(str(script), *args)
     except ChildFailedError as error:
+        _report(error.failures)
         return max(failure.exitcode for failure in error.failures.values())
     except SignalException:
         return 130
     return 0
+
+
+def _report(failures: dict[int, ProcessFailure]) -> None:
+    """Name a rank that a signal killed (the others' errors follow from its death), else
+    print the tracebacks the ranks recorded. Expected errors were one line from rank 0.
+
+    The engine stops the surviving ranks with SIGTERM once one has failed, so a rank
+    that SIGTERM ended beside one that exited with an error was stopped, not the cause.
+    """
+    tracebacks = {
+        rank: f.error_file_data["message"].get("extraInfo", {}).get("py_callstack", f.message)
+        for rank, f in failures.items()
+        if isinstance(f.error_file_data.get("message"), dict)
+    }
+    stopped_by_engine = any(f.exitcode > 0 for f in failures.values())
+    killed = sorted(
+        (f.timestamp, rank, f)
+        for rank, f in failures.items()
+        if f.exitcode < 0 and (-f.exitcode != signal.SIGTERM or not stopped_by_engine)
+    )
+    if killed:
+        _, rank, failure = killed[0]
+        error = TrainingError(
+            f"rank {rank} was killed by signal {-failure.exitcode} ({failure.signal_name()}), "
+            "the kernel's answer to running out of memory among others; the epochs before "
+            "it are checkpointed, rerun to resume"
+        )
+        error.exit_code = 128 - failure.exitcode
+        raise error
+    for rank, traceback in sorted(tracebacks.items()):
+        print(f"[rank{rank}]: {traceback}", file=sys.stderr)
 
 
 def die_with_launcher() -> None:

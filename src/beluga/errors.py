@@ -29,6 +29,14 @@ class TrainingError(BelugaError, RuntimeError):
     """Training cannot go on (a non-finite loss, a failed write); the message says where."""
 
 
+class ModelError(BelugaError, ValueError):
+    """The trained model's file is missing, corrupt or of another network."""
+
+
+class WriteError(BelugaError, OSError):
+    """An output could not be written (full disk, quota, permissions); the old file is kept."""
+
+
 class Interrupted(BelugaError):
     """SIGINT or SIGTERM arrived; the last finished epoch is checkpointed."""
 

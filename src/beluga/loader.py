@@ -58,6 +58,12 @@ def cutout(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tens
     return x.masked_fill(mask[:, None], 0)
 
 
+def steps_per_epoch(n_images: int, batch_size: int, world_size: int = 1) -> int:
+    """Batches in an epoch: a last partial batch counts if every rank gets an image of it."""
+    full, tail = divmod(n_images, batch_size)
+    return full + (tail >= world_size)
+
+
 class DeviceLoader:
     """Shuffled (or ordered) batches of normalised float images and labels on `device`.
 
@@ -106,8 +112,7 @@ class DeviceLoader:
         self.std = torch.tensor(STD, device=device).view(1, 3, 1, 1) * 255
 
     def __len__(self) -> int:
-        full, tail = divmod(len(self.labels), self.batch_size)
-        return full + (tail >= self.world_size)
+        return steps_per_epoch(len(self.labels), self.batch_size, self.world_size)
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         return (x.float() - self.mean) / self.std

@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .atomic import write_with
+from .atomic import write_torch
 from .batch_norm import BatchNorm
+from .errors import ModelError
 from .params import ModelParams
 from .whitening import patch_whitening
 
@@ -161,12 +162,32 @@ def build_model(params: ModelParams, num_classes: int, train_images: np.ndarray)
 def save_model(path: str | Path, model: ResNet9, classes: tuple[str, ...]) -> None:
     """Weights plus what is needed to rebuild the network, written atomically."""
     state = {"state_dict": model.state_dict(), "config": model.config, "classes": list(classes)}
-    write_with(path, lambda tmp: torch.save(state, tmp))
+    write_torch(path, state)
 
 
 def load_model(path: str | Path) -> tuple[ResNet9, tuple[str, ...]]:
-    """The network `save_model` wrote, on the CPU, rebuilt from what the file records."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    model = ResNet9(**state["config"])
-    model.load_state_dict(state["state_dict"])
-    return model, tuple(state["classes"])
+    """The network `save_model` wrote, on the CPU, rebuilt from what the file records.
+
+    The file is checked before the network is built (its options as params.yaml's, its
+    classes as many as its head's weights), so a corrupt or crafted one is one line.
+    """
+    if not Path(path).is_file():
+        raise ModelError(f"{path}: not found; run the train stage first (`dvc repro train`)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        config, weights = dict(state["config"]), state["state_dict"]
+        ModelParams.model_validate({k: v for k, v in config.items() if k != "num_classes"})
+        classes = state["classes"]
+        head = weights["head.2.weight"]
+        if not all(isinstance(c, str) for c in classes) or config["num_classes"] != len(classes):
+            raise ValueError(f"{config['num_classes']} classes, but names {classes!r:.100}")
+        if head.shape[0] != len(classes):
+            raise ValueError(f"{len(classes)} classes, but a head of {head.shape[0]}")
+        model = ResNet9(**config)
+        model.load_state_dict(weights)
+    except Exception as error:  # noqa: BLE001 - whatever is wrong with the file, it is unusable
+        reason = " ".join(f"{type(error).__name__}: {error}".split())[:200]
+        raise ModelError(
+            f"{path}: not a model of this network ({reason}); rerun the train stage"
+        ) from None
+    return model, tuple(classes)

@@ -63,7 +63,7 @@ class ModelParams(_Section):
     celu_alpha: float = Field(gt=0)
     stem: Literal["conv", "whiten"]
     freeze_bn_scale: bool
-    ghost_bn_splits: int = Field(ge=1)
+    ghost_bn_splits: int = Field(ge=1, le=1024, description="sub-batches of ghost batch norm")
     bn_bias_lr_factor: float = Field(gt=0)
 
 
@@ -207,12 +207,27 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     if not path.is_file():
         raise ParamsError(f"{path}: not found; run from the project root")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ParamsError(f"{path}: not valid YAML: {str(error).splitlines()[0]}") from None
+        raw = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+    except UnicodeDecodeError as error:
+        raise ParamsError(f"{path}: not UTF-8 text ({error})") from None
+    except (yaml.YAMLError, RecursionError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ParamsError(f"{path}: not valid YAML: {reason}") from None
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: must be a mapping of sections")
     return parse_params(raw, path)
+
+
+def check_warm_up(train: TrainParams, steps_per_epoch: int) -> None:
+    """Both phases of the LR cycle must last more than one step: OneCycleLR divides by their
+    lengths, and fails at the first step (ZeroDivisionError) when one is a single step."""
+    steps = train.epochs * steps_per_epoch
+    if min(train.pct_start, 1 - train.pct_start) * steps <= 1:
+        raise ParamsError(
+            f"params.yaml: train.pct_start: {train.pct_start} of {steps} steps ({train.epochs} "
+            f"epochs x {steps_per_epoch} batches) leaves the LR's warm-up or decay at most one "
+            "step long; change train.pct_start, or train more steps"
+        )
 
 
 def check_batch_size(key: str, batch_size: int, n_images: int) -> None:

@@ -8,6 +8,7 @@ cannot honour stops the stage with one line before any work.
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 import random
 from dataclasses import dataclass
@@ -85,6 +86,11 @@ def resolve(
         raise ParamsError(
             f"params.yaml: train.nproc: {nproc} processes, but only "
             f"{torch.cuda.device_count()} GPUs are visible"
+        )
+    if device == "cpu" and nproc > (os.cpu_count() or 1):
+        raise ParamsError(
+            f"params.yaml: train.nproc: {nproc} processes, but this machine has "
+            f"{os.cpu_count()} CPU cores; each rank needs one"
         )
     if sync_bn and device != "cuda":
         raise ParamsError("params.yaml: train.sync_bn: true needs CUDA; use false on CPU")

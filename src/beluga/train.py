@@ -159,31 +159,39 @@ def _restore(
     loader: DeviceLoader,
     runtime: Runtime,
     ranks: Ranks,
-) -> list[dict]:
-    """The history so far if `path` holds this run's checkpoint (now restored), else []."""
+) -> list[dict] | None:
+    """The history so far if `path` holds this run's checkpoint (now restored), else None.
+
+    None means a fresh start, with the model, loader and RNGs as they were; `opt` may
+    then hold part of the checkpoint's state, so the caller builds it anew.
+    """
     say = print if ranks.is_main else lambda *args: None
     state = checkpoint.load(path)
     if state is None:
-        return []
+        return None
     if state.get("fingerprint") != fingerprint:
         changed = checkpoint.differences(state.get("settings", {}), settings)
         why = "; ".join(changed[:5]) if changed else "the code, data or torch version differ"
         say(f"Ignoring {path}: it belongs to another run ({why}); starting afresh")
-        return []
-    initial = {k: v.clone() for k, v in model.state_dict().items()}
+        return None
+    fresh = ({k: v.clone() for k, v in model.state_dict().items()}, loader.state_dict(),
+             _rng_state(runtime))  # fmt: skip
     try:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["training"])
         mine = state["ranks"][ranks.rank]
         loader.load_state_dict(mine["loader"])
         _set_rng_state(mine["rng"], runtime)
+        history = list(state["history"])
     except (KeyError, IndexError, RuntimeError, ValueError, TypeError) as error:
-        model.load_state_dict(initial)
-        reason = str(error).splitlines()[0][:200]
+        model.load_state_dict(fresh[0])
+        loader.load_state_dict(fresh[1])
+        _set_rng_state(fresh[2], runtime)
+        reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
         say(f"Ignoring {path}: it no longer fits the model ({reason}); starting afresh")
-        return []
-    say(f"Resuming from {path} after epoch {len(state['history'])}")
-    return state["history"]
+        return None
+    say(f"Resuming from {path} after epoch {len(history)}")
+    return history
 
 
 def _write_together(
@@ -194,8 +202,8 @@ def _write_together(
     if ranks.is_main:
         try:
             write()
-        except OSError as error:
-            failure = f"cannot write {what}: {error}"
+        except OSError as error:  # a WriteError, naming the file
+            failure = str(error)
     (failed,) = distributed.max_over_ranks([int(bool(failure))], ranks, device)
     if failed:
         raise TrainingError(failure or f"rank 0 could not write {what}")
@@ -227,12 +235,15 @@ def fit(
     Rank 0 calls `on_epoch(history)` once the run is set up (resumed or not) and
     after each checkpointed epoch, so progress can be shown while it trains.
     """
-    opt = one_cycle(model, optimizer=optimizer, train=train, max_lr=max_lr,
+    build = partial(one_cycle, model, optimizer=optimizer, train=train, max_lr=max_lr,
                     steps_per_epoch=len(train_loader), runtime=runtime)  # fmt: skip
+    opt = build()
     step_model = distributed.wrap(model, ranks, train.sync_bn)
     step_model = torch.compile(step_model) if train.compile else step_model
     history = _restore(checkpoint_path, fingerprint, settings, model, opt, train_loader,
                        runtime, ranks)  # fmt: skip
+    if history is None:
+        opt, history = build(), []
     notify = on_epoch or (lambda history: None)
     _write_together(partial(notify, history), "the progress files", ranks, runtime.device)
 
