@@ -31,10 +31,16 @@ def _open_checked(name: str, blob: bytes) -> tuple[np.ndarray, str]:
             if image.size != (32, 32):
                 raise DataError(f"{name}: image is {image.size[0]}x{image.size[1]}, not 32x32")
             image.load()
-            if image.mode.startswith("I"):  # 16-bit greyscale PNG, which convert("RGB") clips
-                grey = (np.asarray(image).astype(np.uint32) >> 8).astype(np.uint8)
-                return np.repeat(grey[..., None], 3, axis=2), image.mode
-            return np.asarray(image.convert("RGB"), dtype=np.uint8), image.mode
+            return rgb_pixels(image), image.mode
+
+
+def rgb_pixels(image: Image.Image) -> np.ndarray:
+    """The image as H x W x 3 uint8 RGB, whatever its mode: 16-bit greyscale PNGs keep
+    their grey levels (the high byte), which Pillow's convert("RGB") would clip to white."""
+    if image.mode.startswith("I"):
+        grey = (np.asarray(image).astype(np.uint32) >> 8).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
 def _decode(name: str, blob: bytes) -> tuple[np.ndarray, str]:
