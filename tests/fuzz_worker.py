@@ -49,13 +49,22 @@ def _model(path: Path) -> str:
     return f"{len(classes)} classes"
 
 
+def _onnx(path: Path) -> str:
+    from beluga.predict import classify
+
+    answers = classify(np.zeros((2, 32, 32, 3), np.uint8), path, 3, "none")
+    assert len(answers) == 2 and all(len(answer) == 3 for answer in answers)
+    return f"top class {answers[0][0][0]}"
+
+
 def _params(path: Path) -> str:
     from beluga.params import load_params
 
     return f"seed {load_params(path).seed}"
 
 
-READERS = {"cifar": _cifar, "checkpoint": _checkpoint, "model": _model, "params": _params}
+READERS = {"cifar": _cifar, "checkpoint": _checkpoint, "model": _model, "onnx": _onnx,
+           "params": _params}  # fmt: skip
 
 
 def _outcome(reader, path: Path) -> tuple[str, str]:

@@ -28,13 +28,14 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from beluga import checkpoint
+from beluga.export import export
 from beluga.model import ResNet9, save_model
 
 EXAMPLES = int(os.environ.get("BELUGA_FUZZ_EXAMPLES", "40"))
 TIME_LIMIT_S = 10.0
 # Address space, not resident memory: importing torch alone maps 3.4 GB of it.
-MEMORY_LIMIT = {"cifar": 2 * 2**30, "params": 2 * 2**30, "checkpoint": 6 * 2**30,
-                "model": 6 * 2**30}  # fmt: skip
+MEMORY_LIMIT = {"cifar": 2 * 2**30, "params": 2 * 2**30, "onnx": 2 * 2**30,
+                "checkpoint": 6 * 2**30, "model": 6 * 2**30}  # fmt: skip
 BOUNDARY_VALUES = [b"\x00", b"\xff", b"\x7f", b"\x80", b"\xff\xff\xff\xff", b"\x7f\xff\xff\xff",
                    b"\x00\x00\x00\x00", b"\x80\x00\x00\x00", b"99999999999", b"-1"]  # fmt: skip
 POSITIONS = st.one_of(st.integers(0, 600), st.integers(-600, -1), st.integers(0, 2**31 - 1))
@@ -140,6 +141,7 @@ def seeds(tmp_path_factory) -> dict[str, Seed]:
     (jpeg / "train/cat/0000.png").unlink()
     model = ResNet9(stem="whiten", activation="celu", ghost_bn_splits=16)
     save_model(tmp / "model.pt", model, CLASSES)
+    export(model, CLASSES, tmp / "model.onnx")
     checkpoint.save(tmp / "ckpt.pt", {
         "fingerprint": "f", "settings": {"seed": 0}, "model": {"w": torch.randn(4, 4)},
         "training": {"step": 3}, "ranks": [{"rng": {"torch": torch.get_rng_state()}}],
@@ -158,6 +160,7 @@ def seeds(tmp_path_factory) -> dict[str, Seed]:
     found["JPEG"] = _in_copy(jpeg, tmp / "j", "train/cat/0000.jpg")
     for name, path, reader in [("checkpoint", tmp / "ckpt.pt", "checkpoint"),
                                ("model file", tmp / "model.pt", "model"),
+                               ("ONNX model", tmp / "model.onnx", "onnx"),
                                ("params.yaml", ROOT / "params.yaml", "params")]:  # fmt: skip
         found[name] = _whole_file(reader, path, tmp)
     return found
@@ -172,7 +175,7 @@ def workers():
 
 
 FORMATS = ["data_batch_1", "test_batch", "batches.meta", "tar.gz of batches", "tar of batches",
-           "tar of class folders", "PNG", "JPEG", "checkpoint", "model file",
+           "tar of class folders", "PNG", "JPEG", "checkpoint", "model file", "ONNX model",
            "params.yaml"]  # fmt: skip
 
 

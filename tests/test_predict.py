@@ -1,17 +1,28 @@
 """After training: the model fetched by name (a DVC artifact), and used on your own images."""
 
 import io
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
+import torch
 from conftest import sh, tiny_split, tool_env
 from PIL import Image
 
+from beluga.evaluate import predict
+from beluga.loader import DeviceLoader
+from beluga.model import load_model
+from beluga.runtime import Runtime
 
-def _predict(*args: str, cwd: Path, stdin: bytes | None = None) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "beluga.predict", *args], cwd=cwd,
+CPU_FP32 = Runtime(torch.device("cpu"), "fp32", True)
+
+
+def _predict(
+    *args: str, cwd: Path, stdin: bytes | None = None, python: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, *python, "-m", "beluga.predict", *args], cwd=cwd,
                             env=tool_env(), capture_output=True, input=stdin)  # fmt: skip
     result.stdout, result.stderr = result.stdout.decode(), result.stderr.decode()
     return result
@@ -79,3 +90,25 @@ def test_the_model_is_fetched_by_name_from_the_repo_and_its_remote(
     result = _predict("a.png", "--model", "model.pt", cwd=fresh)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("a.png: ") and len(result.stdout.split(", ")) == 3
+
+
+def test_the_export_stage_checks_the_onnx_file_against_pytorch(reproduced: Path):
+    metrics = json.loads((reproduced / "metrics/export.json").read_text())
+    assert metrics["images"] == 20 and metrics["agreement"] >= 0.999
+    assert metrics["max_logit_difference"] < 1e-3
+    assert metrics["onnx_accuracy"] == metrics["torch_fp32_accuracy"]
+    assert (reproduced / "models/model.onnx").stat().st_size > 20_000_000
+
+
+def test_predict_runs_the_onnx_file_without_importing_torch(reproduced: Path, tmp_path: Path):
+    images, labels = tiny_split(2, 1)
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(tmp_path / f"{i:03d}.png")
+    result = _predict(str(tmp_path), "--top", "1", "--model", "models/model.onnx",
+                      cwd=reproduced, python=("-X", "importtime"))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert not [line for line in result.stderr.splitlines() if line.endswith(" torch")]
+    model, classes = load_model(reproduced / "models/model.pt")  # PyTorch in fp32, as exported
+    logits = predict(model, DeviceLoader(images, labels, 20, CPU_FP32), CPU_FP32)
+    expected = [classes[i] for i in logits.argmax(1).tolist()]
+    assert [line.split(": ")[1].split()[0] for line in result.stdout.splitlines()] == expected

@@ -31,6 +31,8 @@ class PathsParams(_Section):
     download_metrics: str
     checkpoint: str
     model: str
+    onnx_model: str
+    export_metrics: str
     lr_find_metrics: str
     lr_find_curve: str
     lr_find_plot: str

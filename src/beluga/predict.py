@@ -21,18 +21,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
 
 from .cli import stage
 from .data.images import IMAGE_FORMATS, rgb_pixels
-from .errors import DataError
-from .evaluate import TTA
-from .evaluate import predict as predict_logits
-from .loader import DeviceLoader
-from .model import load_model
-from .params import RuntimeParams
-from .runtime import resolve
+from .errors import DataError, ModelError
+
+TTA_NAMES = ("none", "flip", "flip_shift")  # beluga.evaluate.TTA, named without importing torch
 
 SUFFIXES = {".png", ".jpg", ".jpeg"}
 SIDE = 32
@@ -74,20 +69,43 @@ def _load(name: str) -> np.ndarray:
     return read_image("standard input" if name == "-" else name, blob)
 
 
+def _torch_logits(images: np.ndarray, model_path: Path, tta: str) -> tuple[np.ndarray, tuple]:
+    """Logits as the evaluate stage computes them, from the PyTorch model file."""
+    from .evaluate import predict
+    from .loader import DeviceLoader
+    from .model import load_model
+    from .params import RuntimeParams
+    from .runtime import resolve
+
+    model, classes = load_model(model_path)
+    runtime = resolve(RuntimeParams(device="auto", precision="auto", channels_last=True))
+    loader = DeviceLoader(images, np.zeros(len(images), dtype=np.int64), BATCH, runtime)
+    return predict(runtime.prepare(model), loader, runtime, tta).cpu().numpy(), classes
+
+
+def _onnx_logits(images: np.ndarray, model_path: Path, tta: str) -> tuple[np.ndarray, tuple]:
+    """Logits from the ONNX file with ONNX Runtime alone: PyTorch is never imported."""
+    from .onnx_model import onnx_classes, onnx_logits
+
+    if tta != "none":
+        raise ModelError(f"{model_path}: --tta {tta} needs the PyTorch model file (model.pt)")
+    try:
+        return onnx_logits(model_path, images, BATCH), onnx_classes(model_path)
+    except Exception as error:  # noqa: BLE001 - whatever is wrong with the file, it is unusable
+        reason = " ".join(f"{type(error).__name__}: {error}".split())[:200]
+        raise ModelError(f"{model_path}: not an ONNX model of this network ({reason})") from None
+
+
 def classify(
     images: np.ndarray, model_path: Path, top: int, tta: str
 ) -> list[list[tuple[str, float]]]:
-    """The `top` (class, probability) pairs of each image, as the evaluate stage scores it."""
-    model, classes = load_model(model_path)
-    runtime = resolve(RuntimeParams(device="auto", precision="auto", channels_last=True))
-    labels = np.zeros(len(images), dtype=np.int64)
-    loader = DeviceLoader(images, labels, BATCH, runtime)
-    logits = predict_logits(runtime.prepare(model), loader, runtime, tta)
-    probabilities, indices = torch.softmax(logits, 1).topk(min(top, len(classes)), dim=1)
-    return [
-        [(classes[i], p) for i, p in zip(row_i.tolist(), row_p.tolist())]
-        for row_i, row_p in zip(indices, probabilities)
-    ]
+    """The `top` (class, probability) pairs of each image; a .onnx file runs on ONNX Runtime."""
+    run = _onnx_logits if model_path.suffix == ".onnx" else _torch_logits
+    logits, classes = run(images, model_path, tta)
+    shifted = np.exp(logits - logits.max(1, keepdims=True))
+    probabilities = shifted / shifted.sum(1, keepdims=True)
+    best = np.argsort(-probabilities, axis=1, kind="stable")[:, :top]
+    return [[(classes[i], float(row[i])) for i in order] for row, order in zip(probabilities, best)]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -97,9 +115,11 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("images", nargs="+", help="PNG or JPEG files, folders, or - (stdin)")
-    parser.add_argument("--model", type=Path, default=Path("models/model.pt"))
+    parser.add_argument("--model", type=Path, default=Path("models/model.pt"),
+                        help="model.pt, or the export stage's model.onnx (ONNX Runtime, "
+                             "no PyTorch)")  # fmt: skip
     parser.add_argument("--top", type=int, default=3, help="classes shown per image")
-    parser.add_argument("--tta", choices=sorted(TTA), default="none",
+    parser.add_argument("--tta", choices=TTA_NAMES, default="none",
                         help="test-time augmentation; flip_shift is the evaluate stage's (6 "
                              "forward passes an image)")  # fmt: skip
     return parser

@@ -1,0 +1,65 @@
+"""Stage `export`: the trained model as ONNX (paths.onnx_model), checked on the test set.
+
+ONNX Runtime's logits for every test image are compared with PyTorch's in fp32: the
+share of equal top-1 predictions, the largest logit difference and both accuracies go
+to paths.export_metrics, and an export that agrees on fewer than 99.9% fails.
+"""
+
+import time
+
+import numpy as np
+import torch
+
+from beluga import data
+from beluga.atomic import write_json
+from beluga.cli import stage
+from beluga.errors import ModelError
+from beluga.evaluate import predict
+from beluga.export import OPSET, export
+from beluga.loader import DeviceLoader
+from beluga.model import load_model
+from beluga.onnx_model import onnx_logits
+from beluga.params import load_params
+from beluga.runtime import resolve
+
+MIN_AGREEMENT = 0.999
+
+
+@stage
+def main() -> None:
+    start = time.perf_counter()
+    params = load_params()
+    paths = params.paths
+    runtime = resolve(params.runtime.model_copy(update={"precision": "fp32"}))
+    cifar = data.load(paths.data)
+    model, classes = load_model(paths.model)
+    export(model, classes, paths.onnx_model)
+    images, labels = cifar.test.images, cifar.test.labels
+    exported = onnx_logits(paths.onnx_model, images)
+    loader = DeviceLoader(images, labels, params.evaluate.batch_size, runtime)
+    reference = predict(runtime.prepare(model), loader, runtime).cpu().numpy()
+    agreement = float((exported.argmax(1) == reference.argmax(1)).mean())
+    if agreement < MIN_AGREEMENT:
+        raise ModelError(
+            f"{paths.onnx_model}: ONNX Runtime's predictions agree with PyTorch's on only "
+            f"{100 * agreement:.2f}% of the test images (at least {100 * MIN_AGREEMENT}%)"
+        )
+    write_json(
+        paths.export_metrics,
+        {
+            "agreement": agreement,
+            "max_logit_difference": float(np.abs(exported - reference).max()),
+            "onnx_accuracy": float((exported.argmax(1) == labels).mean()),
+            "torch_fp32_accuracy": float((reference.argmax(1) == labels).mean()),
+            "images": len(labels),
+            "opset": OPSET,
+            "seconds": round(time.perf_counter() - start, 1),
+        },
+    )
+    print(f"{paths.onnx_model}: agrees with PyTorch on {100 * agreement:.2f}% of "
+          f"{len(labels)} test images")  # fmt: skip
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    main()
