@@ -54,7 +54,7 @@ def main() -> None:
     page = Path(paths.report)
     metrics = report_page.read_metrics([
         paths.download_metrics, paths.lr_find_metrics, paths.train_metrics,
-        paths.eval_metrics, paths.per_class_metrics,
+        paths.eval_metrics, paths.export_metrics, paths.per_class_metrics,
     ])  # fmt: skip
     text = report_page.render(
         page, paths=paths, params=yaml.safe_load(Path("params.yaml").read_text()),

@@ -31,7 +31,7 @@ from beluga.model import ResNet9
 from beluga.optim import one_cycle
 from beluga.train import _restore, fit
 
-STAGES = ("download", "lr_find", "train", "evaluate", "report")
+STAGES = ("download", "lr_find", "train", "evaluate", "export", "report")
 
 
 def _stale(project: Path) -> set[str]:
