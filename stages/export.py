@@ -18,7 +18,7 @@ from beluga.evaluate import predict
 from beluga.export import OPSET, export
 from beluga.loader import DeviceLoader
 from beluga.model import load_model
-from beluga.onnx_model import onnx_logits
+from beluga.onnx_model import OnnxClassifier
 from beluga.params import load_params
 from beluga.runtime import resolve
 
@@ -35,7 +35,11 @@ def main() -> None:
     model, classes = load_model(paths.model)
     export(model, classes, paths.onnx_model)
     images, labels = cifar.test.images, cifar.test.labels
-    exported = onnx_logits(paths.onnx_model, images)
+    onnx = OnnxClassifier(paths.onnx_model)
+    if onnx.classes != tuple(classes):
+        raise ModelError(f"{paths.onnx_model}: its class names {onnx.classes} are not the "
+                         f"model's {tuple(classes)}")  # fmt: skip
+    exported = onnx.logits(images)
     loader = DeviceLoader(images, labels, params.evaluate.batch_size, runtime)
     reference = predict(runtime.prepare(model), loader, runtime).cpu().numpy()
     agreement = float((exported.argmax(1) == reference.argmax(1)).mean())

@@ -8,7 +8,7 @@ from beluga import data, figures
 from beluga.atomic import write_json, write_with
 from beluga.cli import stage
 from beluga.loader import DeviceLoader
-from beluga.lr_find import run_range_test, suggest, usable
+from beluga.lr_find import run_range_test, searched, suggest, usable
 from beluga.model import build_model
 from beluga.params import check_batch_size, load_params
 from beluga.runtime import resolve, seed_everything
@@ -36,7 +36,8 @@ def main() -> None:
     table = pd.DataFrame({"lr": finite.lrs, "loss": finite.losses})
     write_with(paths.lr_find_curve, lambda tmp: table.to_csv(tmp, index=False))
     label = finder.suggestion + (f" / {finder.divide_by:g}" if finder.divide_by != 1 else "")
-    figures.lr_find_figure(finite.lrs, finite.losses, chosen, label, paths.lr_find_plot)
+    figures.lr_find_figure(finite.lrs, finite.losses, suggestions, chosen, label,
+                           searched(curve, finder), paths.lr_find_plot)  # fmt: skip
     write_json(
         paths.lr_find_metrics,
         {

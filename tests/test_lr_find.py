@@ -3,12 +3,14 @@ import pytest
 import torch
 from conftest import CPU, DEFAULTS
 
+from beluga import figures
 from beluga.loader import DeviceLoader
 from beluga.lr_find import (
     Curve,
     LRFindError,
     minimum,
     run_range_test,
+    searched,
     steepest,
     suggest,
     usable,
@@ -75,3 +77,42 @@ def test_minimum_ignores_a_second_dip_after_the_loss_has_climbed():
     )
     assert minimum(losses, 0.05) == 29
     assert int(np.argmin(losses)) == 59  # what a plain argmin would pick
+
+
+def _diverging_curve() -> Curve:
+    """A range test's shape: flat, a long descent, a bumpy bottom, a first climb, a late
+    second dip, then the divergence to many times the starting loss."""
+    losses = np.concatenate([
+        np.full(20, 2.3), np.linspace(2.3, 1.7, 60), 1.7 + 0.01 * np.sin(np.arange(30)),
+        np.linspace(1.7, 2.0, 10), np.linspace(2.0, 1.6, 10), np.geomspace(1.6, 14.0, 20),
+    ])  # fmt: skip
+    return _curve(losses)
+
+
+def test_the_minimum_rule_searched_up_to_its_first_climb_and_the_others_everywhere():
+    curve = _diverging_curve()
+    finder = _finder(skip_start=10, skip_end=5, min_rise=0.05)
+    low, high = searched(curve, finder)
+    assert low == curve.lrs[10]
+    climb = 110 + int(np.argmax(curve.losses[110:120] > 1.69 * 1.05))
+    assert high == curve.lrs[climb - 1] and suggest(curve, finder)["minimum"] < high
+    assert searched(curve, _finder(suggestion="steepest", skip_end=5))[1] == curve.lrs[-6]
+
+
+def test_the_lr_picture_clips_the_divergence_and_marks_every_rule(monkeypatch, tmp_path):
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.append(fig))
+    curve = _diverging_curve()
+    finder = _finder()
+    picks = suggest(curve, finder)
+    chosen = picks["minimum"] / 2
+    figures.lr_find_figure(curve.lrs, curve.losses, picks, chosen, "minimum / 2",
+                           searched(curve, finder), tmp_path / "lr.png")  # fmt: skip
+    ax = drawn[0].axes[0]
+    bottom, top = ax.get_ylim()
+    assert 1.5 < bottom < curve.losses.min() and 2.3 < top < 2.5  # not up to the 14.0
+    marked = {round(line.get_xdata()[0], 9) for line in ax.lines[1:]}
+    assert marked == {round(lr, 9) for lr in [*picks.values(), chosen]}
+    legend = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert any(text.startswith("searched by the rule") for text in legend)
+    assert any("off the top: loss 14" in text.get_text() for text in ax.texts)

@@ -60,6 +60,31 @@ def _page_rows(page: str) -> list[list[str]]:
     ]
 
 
+def _close(cell: str, value: float) -> bool:
+    """Whether a page's cell ("91.33%", "683.3 s", "1,234", "1.05") shows `value`, to the
+    digits it was written with."""
+    text = cell.replace(",", "")
+    if text.endswith("%"):
+        return abs(float(text[:-1]) / 100 - value) <= 5.01e-5
+    if text.endswith(" s"):
+        return abs(float(text[:-2]) - value) <= 0.0501
+    return abs(float(text) - value) <= 5e-3 * abs(value)
+
+
+def test_metrics_are_written_as_people_read_them():
+    readable = report_page.readable
+    assert readable("accuracy", 0.97851265625) == "97.85%"
+    assert readable("agreement", 1.0) == "100.00%"
+    assert readable("best_test_accuracy", 0.9067) == "90.67%"
+    assert readable("seconds", 4348.94) == "4,348.9 s"
+    assert readable("seconds_per_epoch", 360.31) == "360.3 s"
+    assert readable("suggested_lr", 1.0485232006616159) == "1.05"
+    assert readable("lr", 4.1940928026118485e-06) == "4.19e-06"
+    assert readable("train_images", 50000) == "50,000"
+    assert readable("test_loss", 0.44685086607933044) == "0.4469"
+    assert readable("max_logit_difference", 8.821487426757812e-06) == "8.821e-06"
+
+
 def test_the_report_page_agrees_with_dvc_exp_show_and_links_its_pictures(reproduced: Path):
     project = reproduced
     page = (project / "plots/report.md").read_text()
@@ -70,13 +95,15 @@ def test_the_report_page_agrees_with_dvc_exp_show_and_links_its_pictures(reprodu
     rows = [row for row in _page_rows(page) if row[0].startswith("metrics/")]
     assert {row[0] for row in rows} == set(metrics) - {"metrics/per_class.json"}
     for file, key, value in rows:
-        assert json.loads(value) == metrics[file][key], (file, key)
+        assert _close(value, metrics[file][key]), (file, key, value)
     numbers = {(f, k) for f, values in metrics.items() for k, v in values.items()
                if isinstance(v, int | float) and f != "metrics/per_class.json"}  # fmt: skip
     assert {(file, key) for file, key, _ in rows} == numbers
-    per_class = {row[0]: json.loads(row[1]) for row in _page_rows(page) if row[0] in
+    per_class = {row[0]: row[1] for row in _page_rows(page) if row[0] in
                  metrics["metrics/per_class.json"]}  # fmt: skip
-    assert per_class == metrics["metrics/per_class.json"]
+    assert set(per_class) == set(metrics["metrics/per_class.json"])
+    for name, cell in per_class.items():
+        assert cell.endswith("%") and _close(cell, metrics["metrics/per_class.json"][name])
 
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     data_md5 = next(o["md5"] for o in lock["stages"]["download"]["outs"]

@@ -21,17 +21,42 @@ def _save(fig: plt.Figure, path: str | Path) -> None:
 
 
 def lr_find_figure(
-    lrs: np.ndarray, losses: np.ndarray, suggested: float, rule: str, path: str | Path
+    lrs: np.ndarray,
+    losses: np.ndarray,
+    picks: dict[str, float],
+    chosen: float,
+    label: str,
+    span: tuple[float, float],
+    path: str | Path,
 ) -> None:
-    """Loss against LR on a log axis, the suggestion marked and printed."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    """Loss against LR on a log axis: every rule's pick marked, the span the chosen rule
+    searched shaded, and the y-axis cut at the starting loss so the bottom can be read.
+
+    The divergence at the end of a range test rises to many times the starting loss;
+    drawn whole, it flattens the useful part of the curve into one line.
+    """
+    fig, ax = plt.subplots(figsize=(8, 4.8))
     ax.plot(lrs, losses, color="tab:blue", label="training loss (smoothed)")
-    ax.axvline(suggested, color="tab:red", linestyle="--", label=f"{rule}: {suggested:.3g}")
+    ax.axvspan(*span, color="tab:orange", alpha=0.12,
+               label=f"searched by the rule: {span[0]:.3g} to {span[1]:.3g}")  # fmt: skip
+    for (rule, lr), colour in zip(picks.items(), ("tab:purple", "tab:green", "tab:gray")):
+        ax.axvline(lr, color=colour, linestyle=":", linewidth=1.5, label=f"{rule}: {lr:.3g}")
+    ax.axvline(chosen, color="tab:red", linestyle="--", label=f"max_lr = {label}: {chosen:.3g}")
+    lowest = int(np.argmin(losses))
+    start, bottom = float(losses[: lowest + 1].max()), float(losses[lowest])
+    margin = 0.08 * max(start - bottom, 1e-3)
+    ax.set_ylim(bottom - margin, start + margin)
+    if losses.max() > start + margin:
+        top = int(np.argmax(losses))
+        ax.annotate(f"off the top: loss {losses[top]:.3g} at LR {lrs[top]:.3g}",
+                    xy=(1, 1), xycoords="axes fraction", xytext=(-6, -6),
+                    textcoords="offset points", ha="right", va="top",
+                    fontsize=8)  # fmt: skip
     ax.set_xscale("log")
     ax.set_xlabel("learning rate (log scale)")
     ax.set_ylabel("loss")
-    ax.set_title(f"LR range test: suggested max_lr = {suggested:.3g} ({rule} rule)")
-    ax.legend()
+    ax.set_title(f"LR range test: max_lr = {chosen:.3g} ({label})")
+    ax.legend(fontsize=8, loc="lower left")
     ax.grid(True, which="both", alpha=0.3)
     _save(fig, path)
 

@@ -93,31 +93,51 @@ def valley(losses: np.ndarray) -> int:
     return start + int(third) + int(third / 2)
 
 
+def first_climb(losses: np.ndarray, min_rise: float) -> int:
+    """Index of the first loss `min_rise` above the lowest one before it (the length if none)."""
+    low = np.minimum.accumulate(losses)
+    risen = np.flatnonzero(losses > low * (1 + min_rise))
+    return int(risen[0]) if risen.size else len(losses)
+
+
 def minimum(losses: np.ndarray, min_rise: float) -> int:
     """Leslie Smith's rule: the lowest loss before the curve first climbs `min_rise` above it.
 
     Looking only up to that first climb keeps a late second dip (weights growing
     under a huge LR, which BatchNorm hides) from winning.
     """
-    low = np.minimum.accumulate(losses)
-    risen = np.flatnonzero(losses > low * (1 + min_rise))
-    end = risen[0] if risen.size else len(losses)
-    return int(np.argmin(losses[:end]))
+    return int(np.argmin(losses[: first_climb(losses, min_rise)]))
 
 
-def suggest(curve: Curve, finder: LRFindParams) -> dict[str, float]:
-    """Each rule's suggested LR on the finite, trimmed curve."""
+def trimmed(curve: Curve, finder: LRFindParams) -> Curve:
+    """The part of the curve the rules read: finite, less skip_start and skip_end points."""
     finite = usable(curve)
-    lrs = finite.lrs[finder.skip_start : len(finite.lrs) - finder.skip_end]
-    losses = finite.losses[finder.skip_start : len(finite.losses) - finder.skip_end]
-    if len(losses) < 2:
+    stop = len(finite.lrs) - finder.skip_end
+    trim = Curve(finite.lrs[finder.skip_start : stop], finite.losses[finder.skip_start : stop])
+    if len(trim.losses) < 2:
         raise LRFindError(
             f"LR range test: only {len(finite.losses)} finite losses of {len(curve.losses)}; "
             "lower lr_find.end_lr or lr_find.start_lr"
         )
+    return trim
+
+
+def suggest(curve: Curve, finder: LRFindParams) -> dict[str, float]:
+    """Each rule's suggested LR on the finite, trimmed curve."""
+    trim = trimmed(curve, finder)
     picks = {
-        "steepest": steepest(losses),
-        "valley": valley(losses),
-        "minimum": minimum(losses, finder.min_rise),
+        "steepest": steepest(trim.losses),
+        "valley": valley(trim.losses),
+        "minimum": minimum(trim.losses, finder.min_rise),
     }
-    return {name: float(lrs[index]) for name, index in picks.items()}
+    return {name: float(trim.lrs[index]) for name, index in picks.items()}
+
+
+def searched(curve: Curve, finder: LRFindParams) -> tuple[float, float]:
+    """The LR span lr_find.suggestion's rule chose from: the trimmed curve, and for
+    `minimum` only up to the first climb."""
+    trim = trimmed(curve, finder)
+    end = len(trim.lrs)
+    if finder.suggestion == "minimum":
+        end = first_climb(trim.losses, finder.min_rise)
+    return float(trim.lrs[0]), float(trim.lrs[end - 1])

@@ -9,16 +9,17 @@ import numpy as np
 import onnxruntime
 
 
-def onnx_logits(path: str | Path, images: np.ndarray, batch: int = 500) -> np.ndarray:
-    """Logits of uint8 `images` (N x 32 x 32 x 3) from the ONNX file, with ONNX Runtime."""
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return np.concatenate([
-        session.run(["logits"], {"images": images[i : i + batch]})[0]
-        for i in range(0, len(images), batch)
-    ])  # fmt: skip
+class OnnxClassifier:
+    """One ONNX Runtime session of the file: its logits and the class names in its metadata."""
 
+    def __init__(self, path: str | Path) -> None:
+        self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.classes: tuple[str, ...] = tuple(json.loads(meta["classes"]))
 
-def onnx_classes(path: str | Path) -> tuple[str, ...]:
-    """The class names `beluga.export` wrote into the file's metadata."""
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return tuple(json.loads(session.get_modelmeta().custom_metadata_map["classes"]))
+    def logits(self, images: np.ndarray, batch: int = 500) -> np.ndarray:
+        """Logits of uint8 `images` (N x 32 x 32 x 3), `batch` images a run."""
+        return np.concatenate([
+            self.session.run(["logits"], {"images": images[i : i + batch]})[0]
+            for i in range(0, len(images), batch)
+        ])  # fmt: skip

@@ -16,7 +16,6 @@ others are still answered, and the exit code is 1.
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .cli import stage
-from .data.images import IMAGE_FORMATS, rgb_pixels
+from .data.images import decode
 from .errors import DataError, ModelError
 
 TTA_NAMES = ("none", "flip", "flip_shift")  # beluga.evaluate.TTA, named without importing torch
@@ -35,14 +34,9 @@ BATCH = 256  # images a forward pass: as fast as larger batches on a CPU, in far
 
 
 def read_image(name: str, blob: bytes) -> np.ndarray:
-    """`blob` as a 32 x 32 x 3 uint8 image; one DataError line naming `name` if it is not
-    a readable PNG or JPEG."""
-    try:
-        with Image.open(io.BytesIO(blob), formats=IMAGE_FORMATS) as image:
-            pixels = rgb_pixels(ImageOps.exif_transpose(image))  # upright, as a viewer shows it
-    except Exception as error:  # noqa: BLE001 - any decoding failure means an unreadable image
-        reason = " ".join(f"{type(error).__name__}: {error}".split())[:200]
-        raise DataError(f"{name}: not a readable PNG or JPEG image ({reason})") from None
+    """`blob` as a 32 x 32 x 3 uint8 image, upright, centre-cropped and resized if it is
+    another size; one DataError line naming `name` if it is not a readable PNG or JPEG."""
+    pixels, _ = decode(name, blob, side=None, upright=True)
     if pixels.shape[:2] != (SIDE, SIDE):
         fitted = ImageOps.fit(Image.fromarray(pixels), (SIDE, SIDE), Image.Resampling.LANCZOS)
         pixels = np.asarray(fitted, dtype=np.uint8)
@@ -85,12 +79,13 @@ def _torch_logits(images: np.ndarray, model_path: Path, tta: str) -> tuple[np.nd
 
 def _onnx_logits(images: np.ndarray, model_path: Path, tta: str) -> tuple[np.ndarray, tuple]:
     """Logits from the ONNX file with ONNX Runtime alone: PyTorch is never imported."""
-    from .onnx_model import onnx_classes, onnx_logits
+    from .onnx_model import OnnxClassifier
 
     if tta != "none":
         raise ModelError(f"{model_path}: --tta {tta} needs the PyTorch model file (model.pt)")
     try:
-        return onnx_logits(model_path, images, BATCH), onnx_classes(model_path)
+        model = OnnxClassifier(model_path)
+        return model.logits(images, BATCH), model.classes
     except Exception as error:  # noqa: BLE001 - whatever is wrong with the file, it is unusable
         reason = " ".join(f"{type(error).__name__}: {error}".split())[:200]
         raise ModelError(f"{model_path}: not an ONNX model of this network ({reason})") from None

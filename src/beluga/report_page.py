@@ -61,10 +61,26 @@ def params_changes(current: dict, before: dict) -> pd.DataFrame:
     )
 
 
+def readable(key: str, value: float) -> str:
+    """A metric as a person reads it, by what its name says it is: accuracies and shares
+    in % with 2 decimals, seconds with 1, learning rates with 3 significant digits,
+    counts with thousands separators, anything else with 4 significant digits."""
+    name = key.rsplit(".", 1)[-1]
+    if isinstance(value, int):
+        return f"{value:,}"
+    if "accuracy" in name or name == "agreement":
+        return f"{100 * value:.2f}%"
+    if name.startswith("seconds"):
+        return f"{value:,.1f} s"
+    if name == "lr" or name.endswith("_lr"):
+        return f"{value:.3g}"
+    return f"{value:.4g}"
+
+
 def metrics_table(metrics: dict[str, dict]) -> pd.DataFrame:
-    """Every number of the metrics files (file, key, value), written as in the JSON file."""
+    """Every number of the metrics files (file, key, value), the value as people read it."""
     rows = [
-        {"file": file, "key": key, "value": json.dumps(value)}
+        {"file": file, "key": key, "value": readable(key, value)}
         for file, values in metrics.items()
         for key, value in _flat(values).items()
         if isinstance(value, int | float) and not isinstance(value, bool)
@@ -78,7 +94,7 @@ def _link(picture: str, page: Path, title: str) -> str:
 
 
 def _table(frame: pd.DataFrame) -> str:
-    """A Markdown table whose cells are written as given (numbers as in the JSON files)."""
+    """A Markdown table whose cells are written as given."""
     return frame.to_markdown(index=False, disable_numparse=True) if len(frame) else "(none)"
 
 
@@ -106,11 +122,11 @@ def render(
     evaluation = metrics[paths.eval_metrics]
     divide_by = finder.get("divide_by", 1)
     lr_line = (
-        f"`train.max_lr` is set: **{train['max_lr']:.4g}** (the range test's "
+        f"`train.max_lr` is set: **{train['max_lr']:.3g}** (the range test's "
         f"`{finder['suggestion']}` rule{f' / {divide_by:g}' if divide_by != 1 else ''} "
-        f"suggested {finder['suggested_lr']:.4g})"
+        f"suggested {finder['suggested_lr']:.3g})"
         if max_lr_set
-        else f"max_lr **{train['max_lr']:.4g}**, chosen by the `{finder['suggestion']}` rule "
+        else f"max_lr **{train['max_lr']:.3g}**, chosen by the `{finder['suggestion']}` rule "
         f"(`lr_find.suggestion`) from {finder['iterations_finite']} finite points"
         + (f", divided by {divide_by:g} (`lr_find.divide_by`)" if divide_by != 1 else "")
     )
@@ -125,14 +141,20 @@ def render(
     )  # fmt: skip
     times = pd.DataFrame(
         [
-            {"stage": stage, "seconds": values.get("seconds", "-")}
+            {
+                "stage": stage,
+                "seconds": readable("seconds", values["seconds"]) if "seconds" in values else "-",
+            }
             for stage, values in by_stage.items()
         ]
-        + [{"stage": "report", "seconds": round(report_seconds, 1)}]
+        + [{"stage": "report", "seconds": readable("seconds", report_seconds)}]
     )
     per_class = metrics[paths.per_class_metrics]
     classes = pd.DataFrame(
-        {"class": list(per_class), "accuracy": [json.dumps(v) for v in per_class.values()]}
+        {
+            "class": list(per_class),
+            "accuracy": [readable("accuracy", v) for v in per_class.values()],
+        }
     )
     overall = {file: values for file, values in metrics.items() if file != paths.per_class_metrics}
     stem = "frozen 3x3 patch whitening, then a learnt 1x1 convolution"

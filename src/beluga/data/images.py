@@ -11,7 +11,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import DataError
 from .dataset import CLASSES, Cifar, Split
@@ -21,17 +21,21 @@ DECODE_CHUNK = 2_000  # images per task of the decoding processes
 _CLASS_FILE = re.compile(r"^(?:.*/)?(train|test)/([^/]+)/([^/]+)$")
 
 
-def _open_checked(name: str, blob: bytes) -> tuple[np.ndarray, str]:
-    """Decode as PNG or JPEG only, and only once the header says 32x32: no other decoder, no
-    large allocation, is reachable from a crafted file."""
+def _open_checked(
+    name: str, blob: bytes, side: int | None, upright: bool
+) -> tuple[np.ndarray, str]:
+    """Decode as PNG or JPEG only, and (with `side`) only once the header says side x side:
+    no other decoder, no large allocation, is reachable from a crafted file."""
     with warnings.catch_warnings():
         # The size check below rejects what PIL would warn about; a warning would be a 2nd line.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         with Image.open(io.BytesIO(blob), formats=IMAGE_FORMATS) as image:
-            if image.size != (32, 32):
-                raise DataError(f"{name}: image is {image.size[0]}x{image.size[1]}, not 32x32")
+            if side is not None and image.size != (side, side):
+                raise DataError(f"{name}: image is {image.size[0]}x{image.size[1]}, "
+                                f"not {side}x{side}")  # fmt: skip
             image.load()
-            return rgb_pixels(image), image.mode
+            shown = ImageOps.exif_transpose(image) if upright else image
+            return rgb_pixels(shown), image.mode
 
 
 def rgb_pixels(image: Image.Image) -> np.ndarray:
@@ -43,16 +47,24 @@ def rgb_pixels(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
-def _decode(name: str, blob: bytes) -> tuple[np.ndarray, str]:
-    """The image as 32x32x3 uint8 RGB, and the mode it was stored in."""
+def decode(
+    name: str, blob: bytes, *, side: int | None = 32, upright: bool = False
+) -> tuple[np.ndarray, str]:
+    """The image as H x W x 3 uint8 RGB, and the mode it was stored in; any failure is one
+    DataError line naming `name`.
+
+    The data set's images must be `side` x `side` (checked from the header); predict
+    passes `side=None` and `upright=True` (EXIF orientation applied, as a viewer shows a
+    photo) and resizes afterwards.
+    """
     try:
-        return _open_checked(name, blob)
+        return _open_checked(name, blob, side, upright)
     except DataError:
         raise
     except UnidentifiedImageError:
         raise DataError(f"{name}: not a readable image (not a PNG or JPEG image)") from None
     except Image.DecompressionBombError as error:
-        raise DataError(f"{name}: image is far larger than 32x32 ({error})") from None
+        raise DataError(f"{name}: image is too large to decode ({error})") from None
     except Exception as error:  # noqa: BLE001 - Pillow's plugins fail on crafted files in many ways
         reason = " ".join(f"{type(error).__name__}: {error}".split())
         raise DataError(f"{name}: not a readable image ({reason[:200]})") from None
@@ -84,7 +96,7 @@ def _class_files(files: dict[str, bytes], where: Path) -> dict[tuple[str, str], 
 
 def _decode_chunk(items: list[tuple[str, bytes]]) -> tuple[np.ndarray, list[str]]:
     """Decoded images of `items` (name, bytes), and the names of those converted to RGB."""
-    decoded = [_decode(name, blob) for name, blob in items]
+    decoded = [decode(name, blob) for name, blob in items]
     converted = [name for (name, _), (_, mode) in zip(items, decoded) if mode != "RGB"]
     return np.stack([image for image, _ in decoded]), converted
 
