@@ -102,6 +102,14 @@ def sh(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess
     return result
 
 
+def commit_with_remote(project: Path, remote: Path, message: str) -> None:
+    """Commit the workspace with a folder DVC remote as its default, and push the cache."""
+    sh("dvc", "remote", "add", "-d", "shared", str(remote), cwd=project)
+    sh("git", "add", "-A", cwd=project)
+    sh("git", "commit", "-qm", message, cwd=project)
+    sh("dvc", "push", cwd=project)
+
+
 TINY_PARAMS = {
     "data": {"train_per_class": None, "test_per_class": None},
     "lr_find": {"num_iter": 20, "skip_start": 2, "skip_end": 2},

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from conftest import sh, tiny_split, tool_env
+from conftest import commit_with_remote, sh, tiny_split, tool_env
 from PIL import Image
 
 from beluga.evaluate import predict
@@ -77,11 +77,8 @@ def test_the_model_is_fetched_by_name_from_the_repo_and_its_remote(
     reproduced_copy: Path, tmp_path: Path
 ):
     project = reproduced_copy
-    sh("dvc", "remote", "add", "-d", "shared", str(tmp_path / "remote"), cwd=project)
-    sh("git", "add", "-A", cwd=project)
-    sh("git", "commit", "-qm", "trained", cwd=project)
+    commit_with_remote(project, tmp_path / "remote", "trained")
     sh("git", "tag", "-a", "cifar10-resnet9@v1.0.0", "-m", "a first model", cwd=project)
-    sh("dvc", "push", cwd=project)
     fresh = tmp_path / "fresh"
     fresh.mkdir()
     sh("dvc", "artifacts", "get", str(project), "cifar10-resnet9", cwd=fresh)

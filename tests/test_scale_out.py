@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from conftest import sh
+from conftest import commit_with_remote, sh
 
 
 def test_queued_experiments_run_and_show_different_metrics(reproduced_copy: Path):
@@ -44,10 +44,7 @@ def test_push_to_a_folder_remote_then_pull_into_a_fresh_clone(
 ):
     project = reproduced_copy
     remote = tmp_path / "remote"
-    sh("dvc", "remote", "add", "-d", "shared", str(remote), cwd=project)
-    sh("git", "add", "-A", cwd=project)
-    sh("git", "commit", "-qm", "trained", cwd=project)
-    sh("dvc", "push", cwd=project)
+    commit_with_remote(project, remote, "trained")
     assert any(remote.rglob("*"))
 
     clone = tmp_path / "clone"

@@ -15,7 +15,7 @@ LAUNCHER_PID = "BELUGA_LAUNCHER_PID"  # set in the ranks that `distributed.launc
 def stage(main: Callable[[], None]) -> Callable[[], None]:
     """Run `main`, turning a BelugaError into one line on stderr and its exit code.
 
-    Under data parallelism every rank fails alike; rank 0 alone prints.
+    Under data parallelism every rank fails alike; each machine's first rank alone prints.
     """
 
     @functools.wraps(main)
@@ -23,7 +23,7 @@ def stage(main: Callable[[], None]) -> Callable[[], None]:
         try:
             main()
         except BelugaError as error:
-            if int(os.environ.get("RANK", "0")) == 0:
+            if int(os.environ.get("LOCAL_RANK", "0")) == 0:
                 label = "interrupted" if isinstance(error, Interrupted) else "error"
                 print(f"{label}: {' '.join(str(error).split())}", file=sys.stderr)
             sys.exit(error.exit_code)

@@ -11,17 +11,21 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import re
 import signal
 import sys
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed import DistError
 from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+from torch.distributed.elastic.rendezvous.api import RendezvousError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from .cli import LAUNCHER_PID
@@ -59,24 +63,40 @@ def local_rank() -> int:
 
 
 def threads_per_rank(nproc: int) -> int:
-    """CPU cores shared out among the ranks (torchrun alone would give each one thread)."""
-    return max(1, (os.cpu_count() or 1) // nproc)
+    """OMP_NUM_THREADS where it is set, else the CPU cores shared out among the ranks
+    (torchrun alone would give each one thread)."""
+    return int(os.environ.get("OMP_NUM_THREADS") or max(1, (os.cpu_count() or 1) // nproc))
 
 
-def launch(nproc: int, script: Path, *args: str) -> int:
+def launch(
+    nproc: int,
+    script: Path,
+    *args: str,
+    nodes: int = 1,
+    node_rank: int = 0,
+    endpoint: str = "",
+    timeout_s: int = 300,
+) -> int:
     """Run `script args` as `nproc` ranks on this machine; return the exit code to end with.
 
-    The ranks print their own one-line errors; the engine's failure report,
-    which repeats them with tracebacks, is silenced.
+    With `nodes` > 1 this machine is node `node_rank` of a static rendezvous at
+    `endpoint` (node 0's host:port, where node 0 hosts torchrun's store): global rank
+    0, which alone writes, is node 0's first rank, on the machine that runs the stage
+    under DVC. A node that has not joined within `timeout_s` ends the run. The ranks
+    print their own one-line errors; the engine's failure report, which repeats them
+    with tracebacks, is silenced.
     """
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     os.environ[LAUNCHER_PID] = str(os.getpid())
     os.environ["OMP_NUM_THREADS"] = str(threads_per_rank(nproc))
-    config = LaunchConfig(
-        min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
-        rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,
-        monitor_interval=0.1,
-    )  # fmt: skip
+    if nodes == 1:
+        rendezvous = {"rdzv_backend": "c10d", "rdzv_endpoint": "localhost:0",
+                      "run_id": str(uuid.uuid4())}  # fmt: skip
+    else:
+        rendezvous = {"rdzv_backend": "static", "rdzv_endpoint": endpoint, "run_id": "beluga",
+                      "rdzv_configs": {"rank": node_rank, "timeout": timeout_s}}  # fmt: skip
+    config = LaunchConfig(min_nodes=nodes, max_nodes=nodes, nproc_per_node=nproc,
+                          max_restarts=0, monitor_interval=0.1, **rendezvous)  # fmt: skip
     try:
         elastic_launch(config, sys.executable)(str(script), *args)
     except ChildFailedError as error:
@@ -84,6 +104,13 @@ def launch(nproc: int, script: Path, *args: str) -> int:
         return max(failure.exitcode for failure in error.failures.values())
     except SignalException:
         return 130
+    except (RendezvousError, DistError, TimeoutError, OSError) as error:
+        reason = " ".join(str(error).split())[:200] or type(error).__name__
+        raise TrainingError(
+            f"node {node_rank} of {nodes}: no training job at {endpoint} within {timeout_s} s "
+            f"({reason}); start node 0's train stage and every other node's, with the same "
+            "nodes.endpoint"
+        ) from None
     return 0
 
 
@@ -132,8 +159,12 @@ def die_with_launcher() -> None:
         os._exit(1)  # the launcher died before the request took effect
 
 
-def init_from_env(device_type: str) -> Ranks:
-    """Join the process group the launcher describes in the environment: NCCL or gloo."""
+def init_from_env(device_type: str, timeout_s: int = 300) -> Ranks:
+    """Join the process group the launcher describes in the environment: NCCL or gloo.
+
+    A collective that waits `timeout_s` for a rank (a node gone without closing its
+    connections) fails instead of hanging for torch's 30 minutes.
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return ONE_PROCESS
@@ -141,7 +172,8 @@ def init_from_env(device_type: str) -> Ranks:
         torch.cuda.set_device(local_rank())
     else:
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+    dist.init_process_group("nccl" if device_type == "cuda" else "gloo",
+                            timeout=timedelta(seconds=timeout_s))  # fmt: skip
     return Ranks(dist.get_rank(), world_size, local_rank())
 
 
@@ -172,6 +204,16 @@ def max_over_ranks(values: list[int], ranks: Ranks, device: torch.device) -> lis
     return tensor.tolist()
 
 
+def from_rank0(obj: object, ranks: Ranks) -> object:
+    """Rank 0's `obj` on every rank: what only node 0's files hold (the checkpoint, the
+    range test's pick), since other nodes have clones of their own."""
+    if not ranks.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def gather(obj: object, ranks: Ranks) -> list:
     """`obj` from every rank, in rank order."""
     if not ranks.enabled:
@@ -179,6 +221,21 @@ def gather(obj: object, ranks: Ranks) -> list:
     out: list = [None] * ranks.world_size
     dist.all_gather_object(out, obj)
     return out
+
+
+_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "Timed out",
+         "timed out")  # fmt: skip
+
+
+def lost_rank(error: BaseException, ranks: Ranks) -> str | None:
+    """What happened, in one line, if `error` is a collective failing because another rank
+    (its process, or its whole machine) is gone; None for any other error."""
+    if not ranks.enabled or not isinstance(error, RuntimeError):
+        return None
+    text = " ".join(str(error).split())
+    if not (isinstance(error, DistError) or any(mark in text for mark in _LOST)):
+        return None
+    return re.sub(r"^\[[^]]*\] ", "", text).split(". ")[0][:200]
 
 
 def close(ranks: Ranks) -> None:

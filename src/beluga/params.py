@@ -126,6 +126,19 @@ class TrainParams(_Section):
         return self
 
 
+class NodesParams(_Section):
+    """The machines one training run spans (torchrun's static rendezvous), train stage only.
+
+    Only `count` shapes the result (with train.nproc, the number of ranks); where node 0
+    listens and how long a collective may wait do not, so DVC tracks `count` alone.
+    """
+
+    count: int = Field(ge=1, le=1024, description="machines, each running train.nproc ranks")
+    endpoint: str = Field(pattern=r"^[A-Za-z0-9.\-]+:[0-9]{1,5}$",
+                          description="node 0's host:port, which every node can reach")  # fmt: skip
+    timeout_s: int = Field(ge=10, le=86_400, description="longest wait for a node or a collective")
+
+
 class RuntimeParams(_Section):
     """Where and how every stage that runs the model runs it."""
 
@@ -154,6 +167,7 @@ class Params(_Section):
     optimizer: OptimizerParams
     lr_find: LRFindParams
     train: TrainParams
+    nodes: NodesParams
     runtime: RuntimeParams
     augment: AugmentParams
     evaluate: EvaluateParams
@@ -165,6 +179,16 @@ class Params(_Section):
             raise ValueError(
                 f"train.base_momentum {train.base_momentum} must not exceed "
                 f"optimizer.momentum {momentum}, where the cycle starts and ends"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_nodes(self) -> Params:
+        train, ranks = self.train, self.train.nproc * self.nodes.count
+        if train.batch_size % ranks:
+            raise ValueError(
+                f"train.batch_size: {train.batch_size} must divide evenly among the "
+                f"{ranks} ranks of nodes.count {self.nodes.count} x train.nproc {train.nproc}"
             )
         return self
 
@@ -218,6 +242,17 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: must be a mapping of sections")
     return parse_params(raw, path)
+
+
+def flat_keys(tree: dict, prefix: str = "") -> dict:
+    """Nested dicts as one level of dotted keys, as `dvc params diff` and `-S` name them."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out |= flat_keys(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def check_warm_up(train: TrainParams, steps_per_epoch: int) -> None:

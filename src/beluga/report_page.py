@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from .params import PathsParams
+from .params import PathsParams, flat_keys
 
 
 def baseline(path: str | Path = "params.yaml") -> tuple[str, dict] | None:
@@ -35,20 +35,9 @@ def baseline(path: str | Path = "params.yaml") -> tuple[str, dict] | None:
     return commit, yaml.safe_load(shown.stdout)
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-    """Nested dicts as one level of dotted keys, as `dvc params diff` names them."""
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out |= _flat(value, f"{prefix}{key}.")
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def params_changes(current: dict, before: dict) -> pd.DataFrame:
     """Keys whose value differs between two params files, values as JSON (`-`: no such key)."""
-    now, old = _flat(current), _flat(before)
+    now, old = flat_keys(current), flat_keys(before)
     missing = object()
     keys = sorted(k for k in set(now) | set(old)
                   if now.get(k, missing) != old.get(k, missing))  # fmt: skip
@@ -82,7 +71,7 @@ def metrics_table(metrics: dict[str, dict]) -> pd.DataFrame:
     rows = [
         {"file": file, "key": key, "value": readable(key, value)}
         for file, values in metrics.items()
-        for key, value in _flat(values).items()
+        for key, value in flat_keys(values).items()
         if isinstance(value, int | float) and not isinstance(value, bool)
     ]
     return pd.DataFrame(rows)

@@ -8,6 +8,7 @@ a non-finite loss, a failed write), so all stop at the same batch.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import signal
 import time
@@ -162,11 +163,14 @@ def _restore(
 ) -> list[dict] | None:
     """The history so far if `path` holds this run's checkpoint (now restored), else None.
 
+    Rank 0 reads the file and sends it to the others: on several nodes only node 0's
+    clone holds it.
+
     None means a fresh start, with the model, loader and RNGs as they were; `opt` may
     then hold part of the checkpoint's state, so the caller builds it anew.
     """
     say = print if ranks.is_main else lambda *args: None
-    state = checkpoint.load(path)
+    state = distributed.from_rank0(checkpoint.load(path) if ranks.is_main else None, ranks)
     if state is None:
         return None
     if state.get("fingerprint") != fingerprint:
@@ -192,6 +196,40 @@ def _restore(
         return None
     say(f"Resuming from {path} after epoch {len(history)}")
     return history
+
+
+def _check_same_run(settings: dict, fingerprint: str, ranks: Ranks) -> None:
+    """Every rank must train the same run: on several nodes each reads its own clone's
+    params, data and code, and a node whose differ would train something else."""
+    for rank, (theirs, their_print) in enumerate(distributed.gather((settings, fingerprint),
+                                                                    ranks)):  # fmt: skip
+        if their_print != fingerprint:
+            changed = checkpoint.differences(theirs, settings)
+            why = "; ".join(changed[:3]) if changed else "the code, data or torch version"
+            raise TrainingError(
+                f"rank {rank} would train another run than rank {ranks.rank} ({why}); give "
+                "every node the same commit, params.yaml and data"
+            )
+
+
+def _check_identical(model: nn.Module, ranks: Ranks) -> None:
+    """DDP keeps every rank's weights equal; rank 0 alone saves them, so a rank that
+    trained apart (another node's clone, a broken collective) must fail the run.
+
+    Batch norm's running statistics are each rank's own (estimated from its shard, as
+    in any DDP run), so the parameters alone are compared.
+    """
+    if not ranks.enabled:
+        return
+    digest = hashlib.sha256()
+    for tensor in model.parameters():
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    digests = distributed.gather(digest.hexdigest(), ranks)
+    differing = [rank for rank, theirs in enumerate(digests) if theirs != digests[0]]
+    if differing:
+        raise TrainingError(f"ranks {differing} ended with other weights than rank 0's")
+    if ranks.is_main:
+        print(f"All {ranks.world_size} ranks hold the same weights (sha256 {digests[0][:12]})")
 
 
 def _write_together(
@@ -235,6 +273,7 @@ def fit(
     Rank 0 calls `on_epoch(history)` once the run is set up (resumed or not) and
     after each checkpointed epoch, so progress can be shown while it trains.
     """
+    _check_same_run(settings, fingerprint, ranks)
     build = partial(one_cycle, model, optimizer=optimizer, train=train, max_lr=max_lr,
                     steps_per_epoch=len(train_loader), runtime=runtime)  # fmt: skip
     opt = build()
@@ -286,4 +325,5 @@ def fit(
                     f"stopped by signal {signum} after epoch {epoch}, which is "
                     "checkpointed; rerun to resume"
                 )
+    _check_identical(opt.kept(model), ranks)
     return history, opt.kept(model)
