@@ -103,8 +103,24 @@ def test_two_nodes_train_like_two_ranks_on_one_and_resume_after_a_node_is_killed
     assert all(torch.equal(two[k], one[k]) for k in two)
 
 
-def test_a_node_that_never_joins_or_is_outside_the_job_is_one_line(project: Path, tmp_path: Path):
-    node0, _ = _nodes(project, tmp_path, upto="download")
+def test_a_node_that_never_joins_trains_another_run_or_is_outside_the_job_is_one_line(
+    project: Path, tmp_path: Path
+):
+    node0, node1 = _nodes(project, tmp_path, upto="download")
+    set_params(node0, train={"max_lr": 0.1})  # no range test: node 0 sends its max_lr
+    set_params(node1, train={"max_lr": 0.1, "epochs": EPOCHS - 1})
+    joined, main = _join(node1), subprocess.run(
+        [sys.executable, "stages/train.py"], cwd=node0, env=tool_env(), capture_output=True,
+        text=True, timeout=120,
+    )  # fmt: skip
+    assert main.returncode != 0 and joined.wait(timeout=60) != 0
+    for err in (main.stderr, joined.stderr.read()):
+        errors = [line for line in err.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "Traceback" not in err, err[-3000:]
+        assert "would train another run than rank" in errors[0]
+        assert errors[0].endswith("give every node the same commit, params.yaml and data")
+    assert f"(train.epochs: {EPOCHS - 1} -> {EPOCHS})" in main.stderr  # node 1's, node 0's
+
     result = subprocess.run([sys.executable, "stages/train.py", "--node-rank", "2"], cwd=node0,
                             env=tool_env(), capture_output=True, text=True)  # fmt: skip
     assert result.returncode != 0

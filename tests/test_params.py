@@ -63,6 +63,12 @@ def test_project_params_file_is_valid():
             "train.sync_bn: SyncBatchNorm would replace the ghost batches",
         ),
         ({"optimizer": {"name": "adam"}}, "model.bn_bias_lr_factor: the factor holds under SGD"),
+        (
+            {"nodes": {"count": 3}, "train": {"nproc": 2}},
+            "train.batch_size: 512 must divide evenly among the 6 ranks of nodes.count 3",
+        ),
+        ({"nodes": {"endpoint": "gpu-a"}}, "nodes.endpoint: String should match pattern"),
+        ({"nodes": {"timeout_s": 1}}, "nodes.timeout_s: Input should be greater than or equal"),
     ],
 )
 def test_bad_values_name_the_key_in_one_line(raw, message):
