@@ -10,7 +10,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from conftest import commit_with_remote, sh, tool_env
+from conftest import ROOT, commit_with_remote, sh, tool_env
 from test_scale_out import _named_metrics
 
 from beluga.errors import ParamsError
@@ -87,3 +87,9 @@ def test_a_space_the_pipeline_would_refuse_is_one_line_before_any_trial(
     monkeypatch.chdir(reproduced)
     with pytest.raises(ParamsError, match=re.escape(message)):
         load_space(_space(tmp_path, **params))
+
+
+def test_the_shipped_space_is_one_the_pipeline_accepts():
+    space = load_space(ROOT / "docs/sweeps/lr-wd.yaml", ROOT / "params.yaml")
+    assert set(space.params) == {"train.max_lr", "optimizer.weight_decay"}
+    assert not Path(space.storage).resolve().is_relative_to(ROOT.resolve())  # outside a clone
