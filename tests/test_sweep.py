@@ -90,6 +90,7 @@ def test_a_space_the_pipeline_would_refuse_is_one_line_before_any_trial(
 
 
 def test_the_shipped_space_is_one_the_pipeline_accepts():
-    space = load_space(ROOT / "docs/sweeps/lr-wd.yaml", ROOT / "params.yaml")
+    space, known = load_space(ROOT / "docs/sweeps/lr-wd.yaml", ROOT / "params.yaml")
+    assert known["train.max_lr"] is None and known["train.epochs"] == 12
     assert set(space.params) == {"train.max_lr", "optimizer.weight_decay"}
     assert not Path(space.storage).resolve().is_relative_to(ROOT.resolve())  # outside a clone

@@ -74,9 +74,10 @@ def _with(tree: dict, key: str, value: object) -> dict:
     return {**tree, head: _with(tree[head], rest, value) if rest else value}
 
 
-def load_space(path: Path, params_path: Path = Path("params.yaml")) -> Space:
+def load_space(path: Path, params_path: Path = Path("params.yaml")) -> tuple[Space, dict]:
     """The search space, checked against params.yaml: every key exists and both ends of
-    every range (every choice) are values the pipeline accepts; else one line."""
+    every range (every choice) are values the pipeline accepts; else one line. Also
+    params.yaml's values by dotted key, which tell an integer key from a float one."""
     try:
         space = Space.model_validate(yaml.safe_load(path.read_text()) or {})
     except OSError as error:
@@ -99,7 +100,7 @@ def load_space(path: Path, params_path: Path = Path("params.yaml")) -> Space:
                 parse_params(_with(raw, key, value), params_path)
             except ParamsError as error:
                 raise ParamsError(f"{path}: params.{key}: {value!r} is refused ({error})") from None
-    return space
+    return space, known
 
 
 def _is_int(key: str, known: dict) -> bool:
@@ -166,12 +167,11 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=20, help="trials in the whole study")
     parser.add_argument("--push", metavar="GIT_REMOTE", help="dvc exp push each trial here")
     args = parser.parse_args()
-    space = load_space(args.space)
+    space, known = load_space(args.space)
     journal = Path(space.storage).resolve()
     if "://" not in space.storage and journal.is_relative_to(Path.cwd().resolve()):
         raise ParamsError(f"{args.space}: storage: {space.storage} is inside this clone, where "
                           "every experiment would commit it; put it beside the clones")  # fmt: skip
-    known = flat_keys(yaml.safe_load(Path("params.yaml").read_text()))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=space.study, storage=storage(space.storage),
                                 direction=space.direction, load_if_exists=True)  # fmt: skip
