@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from dvc.utils.hydra import compose_and_dump
 from PIL import Image
 
 from beluga.data import CLASSES
@@ -26,7 +27,16 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_JPEG = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 DEFAULTS = load_params(ROOT / "params.yaml")  # the project's params, as tests' starting point
 CPU = Runtime(torch.device("cpu"), "fp32", channels_last=False)
-PROJECT_FILES = ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "stages", "src", ".dvc")
+PROJECT_FILES = (
+    "dvc.yaml",
+    "conf",
+    "params.yaml",
+    ".dvcignore",
+    ".gitignore",
+    "stages",
+    "src",
+    ".dvc",
+)
 
 
 def tiny_split(per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -118,12 +128,20 @@ TINY_PARAMS = {
 }
 
 
+def compose_params(project: Path, *overrides: str) -> None:
+    """params.yaml composed from conf/ as `dvc exp run` composes it (DVC's own function)."""
+    compose_and_dump(project / "params.yaml", str((project / "conf").resolve()), None, "config", "",
+                     list(overrides))  # fmt: skip
+
+
 def set_params(project: Path, **sections: dict) -> None:
-    path = project / "params.yaml"
+    """Change values in conf/config.yaml, the file they are written in, and recompose."""
+    path = project / "conf/config.yaml"
     params = yaml.safe_load(path.read_text())
     for section, values in sections.items():
         params[section].update(values)
     path.write_text(yaml.safe_dump(params, sort_keys=False))
+    compose_params(project)
 
 
 def make_project(root: Path, **params: dict) -> Path:

@@ -1,7 +1,11 @@
+import importlib.util
+import sys
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
-from conftest import CPU, DEFAULTS
+from conftest import CPU, DEFAULTS, ROOT, sh
 
 from beluga import figures
 from beluga.loader import DeviceLoader
@@ -9,6 +13,7 @@ from beluga.lr_find import (
     Curve,
     LRFindError,
     minimum,
+    plateau,
     run_range_test,
     searched,
     steepest,
@@ -79,6 +84,29 @@ def test_minimum_ignores_a_second_dip_after_the_loss_has_climbed():
     assert int(np.argmin(losses)) == 59  # what a plain argmin would pick
 
 
+def test_plateau_takes_the_middle_of_a_bumpy_bottom_wherever_its_lowest_bump_falls():
+    rng = np.random.default_rng(0)
+    descent, climb = np.linspace(2.3, 1.8, 40), np.linspace(1.8, 2.5, 20)
+    picks = set()
+    for _ in range(5):
+        bottom = 1.7 + rng.uniform(0, 0.01, 41)  # within 1% of 1.7 from index 40 to 80
+        losses = np.concatenate([descent, bottom, climb])
+        assert 40 <= minimum(losses, 0.05) <= 80
+        picks.add(plateau(losses, 0.05, 0.02))
+    assert picks == {60}
+
+
+def test_plateau_ends_at_the_first_climb_and_ignores_a_lower_second_dip():
+    losses = np.concatenate([np.linspace(2.3, 1.8, 30), np.full(11, 1.8),
+                             np.linspace(1.8, 2.1, 10), np.linspace(2.1, 1.5, 20)])  # fmt: skip
+    # within 2% of 1.8 (up to 1.836): the descent's last 3 points, the flat 29-40, the climb's
+    # first 2; the second dip (60-70) lies below that too but after the first 5% climb
+    assert plateau(losses, 0.05, 0.02) == (27 + 42) // 2
+    curve = _curve(losses)
+    picked = suggest(curve, _finder(num_iter=71, skip_start=0, skip_end=0))["plateau"]
+    assert picked == pytest.approx(curve.lrs[34])
+
+
 def _diverging_curve() -> Curve:
     """A range test's shape: flat, a long descent, a bumpy bottom, a first climb, a late
     second dip, then the divergence to many times the starting loss."""
@@ -116,3 +144,21 @@ def test_the_lr_picture_clips_the_divergence_and_marks_every_rule(monkeypatch, t
     legend = [text.get_text() for text in ax.get_legend().get_texts()]
     assert any(text.startswith("searched by the rule") for text in legend)
     assert any("off the top: loss 14" in text.get_text() for text in ax.texts)
+
+
+def test_lr_picks_recovers_the_raw_losses_and_picks_as_the_stage_does(tmp_path):
+    spec = importlib.util.spec_from_file_location("lr_picks", ROOT / "scripts/lr_picks.py")
+    lr_picks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lr_picks)
+    raw = np.random.default_rng(0).uniform(1.5, 2.5, 50)
+    smoothed = [raw[0]]
+    for loss in raw[1:]:  # torch-lr-finder's smoothing
+        smoothed.append(0.05 * loss + 0.95 * smoothed[-1])
+    assert lr_picks._resmoothed(np.array(smoothed), 0.05, 1.0) == pytest.approx(raw)
+    curve = _diverging_curve()
+    path = tmp_path / "lr_find.csv"
+    pd.DataFrame({"lr": curve.lrs, "loss": curve.losses}).to_csv(path, index=False)
+    table = sh(sys.executable, ROOT / "scripts/lr_picks.py", path, cwd=ROOT).stdout
+    row = table.splitlines()[-1].removesuffix(" |").split(" | ")
+    assert row[2:6] == [f"{suggest(curve, DEFAULTS.lr_find)[rule]:.3g}"
+                        for rule in ("plateau", "minimum", "valley", "steepest")]  # fmt: skip

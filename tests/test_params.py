@@ -89,7 +89,7 @@ def test_stage_refuses_bad_params_before_any_work(tmp_path: Path):
     assert result.returncode == 1
     assert result.stderr.strip() == (
         "error: params.yaml: train.epoch: unknown key "
-        "(check its spelling against params.yaml's documented keys)"
+        "(check its spelling against the keys documented in conf/config.yaml)"
     )
     assert not (tmp_path / "data").exists()
 

@@ -33,9 +33,9 @@ def test_repro_runs_every_stage_then_nothing(reproduced: Path):
             assert (project / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 
     lr = _json(project, "metrics/lr_find.json")
-    assert lr["suggested_lr"] == lr["minimum_lr"] / lr["divide_by"]
+    assert lr["suggested_lr"] == lr["plateau_lr"] / lr["divide_by"]
     assert 1e-4 <= lr["suggested_lr"] <= 10
-    assert lr["num_iter"] == 20 and lr["suggestion"] == "minimum"
+    assert lr["num_iter"] == 20 and lr["suggestion"] == "plateau"
     train = _json(project, "metrics/train.json")
     assert train["epochs_done"] == train["epochs_planned"] == 1
     assert (
@@ -74,8 +74,12 @@ def test_experiment_and_metrics_diff_between_commits(reproduced_copy: Path):
     before = _json(project, "metrics/train.json")
     loss_before = _json(project, "metrics/eval.json")["loss"]
 
-    sh("dvc", "exp", "run", "-S", "train.epochs=2", cwd=project)
+    # a recipe from conf/recipe/, and a value on top of it
+    sh("dvc", "exp", "run", "-S", "recipe=reference", "-S", "train.epochs=2", cwd=project)
     after = _json(project, "metrics/train.json")
+    finder = _json(project, "metrics/lr_find.json")
+    assert finder["optimizer"] == "adam" and finder["suggestion"] == "steepest"
+    assert _json(project, "metrics/eval.json")["tta"] == "none"
     assert after["epochs_done"] == 2 and before["epochs_done"] == 1
     assert _json(project, "metrics/eval.json")["loss"] != loss_before
     shown = sh("dvc", "exp", "show", "--json", cwd=project)
@@ -87,7 +91,8 @@ def test_experiment_and_metrics_diff_between_commits(reproduced_copy: Path):
     changes = json.loads(diff.stdout)
     assert changes["metrics/train.json"]["epochs_done"] == {"old": 1, "new": 2, "diff": 1}
     params = sh("dvc", "params", "diff", "HEAD~1", "--json", cwd=project)
-    assert json.loads(params.stdout)["params.yaml"]["train.epochs"]["new"] == 2
+    changed = json.loads(params.stdout)["params.yaml"]
+    assert changed["train.epochs"]["new"] == 2 and changed["optimizer.name"]["new"] == "adam"
     page = (project / "plots/report.md").read_text()
     assert re.search(r"\|\s*train\.epochs\s*\|\s*1\s*\|\s*2\s*\|", page), page[:2000]
 

@@ -39,7 +39,9 @@ def lr_find_figure(
     ax.plot(lrs, losses, color="tab:blue", label="training loss (smoothed)")
     ax.axvspan(*span, color="tab:orange", alpha=0.12,
                label=f"searched by the rule: {span[0]:.3g} to {span[1]:.3g}")  # fmt: skip
-    for (rule, lr), colour in zip(picks.items(), ("tab:purple", "tab:green", "tab:gray")):
+    for (rule, lr), colour in zip(
+        picks.items(), ("tab:purple", "tab:green", "tab:gray", "tab:olive"), strict=True
+    ):
         ax.axvline(lr, color=colour, linestyle=":", linewidth=1.5, label=f"{rule}: {lr:.3g}")
     ax.axvline(chosen, color="tab:red", linestyle="--", label=f"max_lr = {label}: {chosen:.3g}")
     lowest = int(np.argmin(losses))

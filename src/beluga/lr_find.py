@@ -109,6 +109,23 @@ def minimum(losses: np.ndarray, min_rise: float) -> int:
     return int(np.argmin(losses[: first_climb(losses, min_rise)]))
 
 
+def plateau(losses: np.ndarray, min_rise: float, tolerance: float) -> int:
+    """The middle of the bottom: of the unbroken stretch around `minimum`'s pick whose losses
+    are within `tolerance` of its loss (on an exponential sweep, its geometric centre).
+
+    On a broad, flat bottom the smoothed loss's bumps are as deep as the bottom itself, so its
+    lowest point lands anywhere in it from seed to seed; the stretch's middle moves far less
+    (docs/lr_rules.md).
+    """
+    climb = first_climb(losses, min_rise)
+    low = int(np.argmin(losses[:climb]))
+    outside = np.flatnonzero(losses[:climb] > losses[low] * (1 + tolerance))
+    before, after = outside[outside < low], outside[outside > low]
+    start = int(before[-1]) + 1 if before.size else 0
+    end = int(after[0]) - 1 if after.size else climb - 1
+    return (start + end) // 2
+
+
 def trimmed(curve: Curve, finder: LRFindParams) -> Curve:
     """The part of the curve the rules read: finite, less skip_start and skip_end points."""
     finite = usable(curve)
@@ -129,15 +146,16 @@ def suggest(curve: Curve, finder: LRFindParams) -> dict[str, float]:
         "steepest": steepest(trim.losses),
         "valley": valley(trim.losses),
         "minimum": minimum(trim.losses, finder.min_rise),
+        "plateau": plateau(trim.losses, finder.min_rise, finder.plateau_tol),
     }
     return {name: float(trim.lrs[index]) for name, index in picks.items()}
 
 
 def searched(curve: Curve, finder: LRFindParams) -> tuple[float, float]:
     """The LR span lr_find.suggestion's rule chose from: the trimmed curve, and for
-    `minimum` only up to the first climb."""
+    `minimum` and `plateau` only up to the first climb."""
     trim = trimmed(curve, finder)
     end = len(trim.lrs)
-    if finder.suggestion == "minimum":
+    if finder.suggestion in ("minimum", "plateau"):
         end = first_climb(trim.losses, finder.min_rise)
     return float(trim.lrs[0]), float(trim.lrs[end - 1])

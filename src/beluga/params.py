@@ -85,8 +85,9 @@ class LRFindParams(_Section):
     diverge_th: float = Field(gt=1)
     skip_start: int = Field(ge=0)
     skip_end: int = Field(ge=0)
-    suggestion: Literal["steepest", "valley", "minimum"]
+    suggestion: Literal["steepest", "valley", "minimum", "plateau"]
     min_rise: float = Field(gt=0)
+    plateau_tol: float = Field(gt=0, lt=1)
     divide_by: float = Field(ge=1, description="training's max_lr is the rule's LR over this")
 
     @model_validator(mode="after")
@@ -213,7 +214,7 @@ def _one_line(error: ValidationError, path: Path) -> str:
     key = ".".join(str(part) for part in first["loc"]) or "(top level)"
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
-        message = "unknown key (check its spelling against params.yaml's documented keys)"
+        message = "unknown key (check its spelling against the keys documented in conf/config.yaml)"
     got = first.get("input")
     quiet = first["type"] in ("extra_forbidden", "missing") or isinstance(got, dict)
     return f"{path}: {key}: {message}{'' if quiet else f' (got {got!r})'}"

@@ -325,5 +325,6 @@ def fit(
                     f"stopped by signal {signum} after epoch {epoch}, which is "
                     "checkpointed; rerun to resume"
                 )
-    _check_identical(opt.kept(model), ranks)
-    return history, opt.kept(model)
+    kept = opt.kept(model)
+    _check_identical(kept, ranks)
+    return history, kept
