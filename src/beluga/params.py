@@ -1,10 +1,10 @@
 """Types and bounds of every setting; the values themselves live in params.yaml alone.
 
 A stage calls `load_params()`; a typo, a wrong type, a missing key or an
-out-of-range value stops it with one line that names the key. params.yaml is
-the one source of the values because it is the file DVC tracks, diffs and
-changes with `dvc exp run -S`; a second set of defaults here could only drift
-from it.
+out-of-range value stops it with one line that names the key. params.yaml (which
+`dvc exp run` composes from conf/) is the one source the stages read because it
+is the file DVC tracks, diffs and changes with `dvc exp run -S`; a second set of
+defaults here could only drift from it.
 """
 
 from __future__ import annotations
