@@ -4,6 +4,7 @@ import json
 import os
 import pickle
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -130,7 +131,7 @@ def _stage(name: str, cwd: Path, max_file_bytes: int | None = None) -> subproces
 def _workdir(tmp: Path, **sections: dict) -> Path:
     work = tmp / "work"
     work.mkdir()
-    (work / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    shutil.copytree(ROOT / "conf", work / "conf")
     set_params(work, **sections)
     return work
 
