@@ -23,14 +23,15 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _nodes(project: Path, tmp_path: Path, upto: str = "lr_find") -> tuple[Path, Path]:
-    """Node 0 (the project) and node 1 (a clone with the same data), set for two nodes."""
-    sh("dvc", "repro", upto, cwd=project)
+def _nodes(project: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """Node 0 (the reproduced project) and node 1 (a copy with the same data and range test),
+    set for two nodes."""
     endpoint = f"localhost:{_free_port()}"
     set_params(project, train={"epochs": EPOCHS},
                nodes={"count": 2, "endpoint": endpoint, "timeout_s": 30})  # fmt: skip
     other = tmp_path / "node1"
     shutil.copytree(project, other, symlinks=True)
+    (other / "models/model.pt").unlink()  # so a test sees whether node 1 writes one
     return project, other
 
 
@@ -62,9 +63,9 @@ def _epochs_done(node: Path) -> int:
 
 
 def test_two_nodes_train_like_two_ranks_on_one_and_resume_after_a_node_is_killed(
-    project: Path, tmp_path: Path
+    reproduced_copy: Path, tmp_path: Path
 ):
-    node0, node1 = _nodes(project, tmp_path)
+    node0, node1 = _nodes(reproduced_copy, tmp_path)
     one_node = tmp_path / "one-node"
     shutil.copytree(node0, one_node, symlinks=True)
     set_params(one_node, nodes={"count": 1}, train={"nproc": 2})
@@ -104,9 +105,9 @@ def test_two_nodes_train_like_two_ranks_on_one_and_resume_after_a_node_is_killed
 
 
 def test_a_node_that_never_joins_trains_another_run_or_is_outside_the_job_is_one_line(
-    project: Path, tmp_path: Path
+    reproduced_copy: Path, tmp_path: Path
 ):
-    node0, node1 = _nodes(project, tmp_path, upto="download")
+    node0, node1 = _nodes(reproduced_copy, tmp_path)
     set_params(node0, train={"max_lr": 0.1})  # no range test: node 0 sends its max_lr
     set_params(node1, train={"max_lr": 0.1, "epochs": EPOCHS - 1})
     joined, main = _join(node1), subprocess.run(
