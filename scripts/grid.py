@@ -11,7 +11,7 @@ are paid once: on a GPU that is most of a short run's time. Use it where DVC
 is not installed or a queue's per-run start-up would dominate; elsewhere
 `dvc exp run --queue` is the tool. A `confirm` entry then reruns the best of
 the listed runs (by test accuracy) with more seeds and epoch counts, and the
-`after` runs follow.
+`after` runs follow. Every run's params are checked before the first starts.
 OUT/summary.json gets one row per run, rewritten after each.
 """
 
@@ -27,7 +27,10 @@ from pathlib import Path
 import torch
 import yaml
 
+from beluga import cli
 from beluga.atomic import write_json
+from beluga.errors import ParamsError
+from beluga.params import parse_params
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("lr_find", "train", "evaluate")
@@ -38,15 +41,37 @@ def _override(params: dict, assignment: str) -> None:
     *sections, leaf = key.split(".")
     node = params
     for section in sections:
-        node = node[section]
+        node = node.get(section) if isinstance(node, dict) else None
+    if not isinstance(node, dict) or leaf not in node:
+        raise ParamsError(f"{assignment}: {key} is not a key of params.yaml")
     node[leaf] = yaml.safe_load(value)
+
+
+def _params(overrides: list[str], base: dict) -> dict:
+    params = json.loads(json.dumps(base))
+    for assignment in overrides:
+        _override(params, assignment)
+    return params
+
+
+def check(grid: dict, base: dict) -> None:
+    """Refuse the whole grid, in one line, if any run's params would be refused, so that a
+    typo in its last run costs nothing (a grid can take a GPU's whole lease)."""
+    entries = [*grid["runs"], *grid.get("after", [])]
+    for entry in entries:
+        try:
+            parse_params(_params(_flat(entry["overrides"]), base))
+        except ParamsError as error:
+            raise ParamsError(f"grid run {entry['name']}: {error}") from None
+    names = {entry["name"] for entry in grid["runs"]}
+    unknown = set(grid.get("confirm", {}).get("among", [])) - names
+    if unknown:
+        raise ParamsError(f"confirm.among: {', '.join(sorted(unknown))}: not a run of the grid")
 
 
 def _run(name: str, overrides: list[str], base: dict, out: Path, mains: dict) -> dict:
     """The three stages for one set of overrides, in out/name; the row for the summary."""
-    params = json.loads(json.dumps(base))
-    for assignment in overrides:
-        _override(params, assignment)
+    params = _params(overrides, base)
     params["paths"]["data"] = str(ROOT / base["paths"]["data"])
     folder = out / name
     folder.mkdir(parents=True, exist_ok=True)
@@ -81,6 +106,7 @@ def _accuracy(row: dict) -> float:
     return row.get("eval", {}).get("accuracy", -1.0)
 
 
+@cli.stage
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("grid", type=Path)
@@ -90,6 +116,7 @@ def main() -> None:
     deadline = time.monotonic() + args.seconds
     grid = yaml.safe_load(args.grid.read_text())
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    check(grid, base)
     mains = {stage: runpy.run_path(str(ROOT / "stages" / f"{stage}.py"))["main"]
              for stage in STAGES}  # fmt: skip
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
