@@ -57,16 +57,20 @@ def _params(overrides: list[str], base: dict) -> dict:
 def check(grid: dict, base: dict) -> None:
     """Refuse the whole grid, in one line, if any run's params would be refused, so that a
     typo in its last run costs nothing (a grid can take a GPU's whole lease)."""
-    entries = [*grid["runs"], *grid.get("after", [])]
-    for entry in entries:
+    confirm = grid.get("confirm") or {}
+    runs = {entry["name"]: entry["overrides"] for entry in grid["runs"]}
+    unknown = set(confirm.get("among", [])) - set(runs)
+    if unknown:
+        raise ParamsError(f"confirm.among: {', '.join(sorted(unknown))}: not a run of the grid")
+    more = [f"seed={seed}" for seed in confirm.get("seeds", [])]
+    more += [f"train.epochs={epochs}" for epochs in confirm.get("epochs", [])]
+    confirmed = [{"name": f"confirm {name} {assignment}", "overrides": [*runs[name], assignment]}
+                 for name in confirm.get("among", []) for assignment in more]  # fmt: skip
+    for entry in [*grid["runs"], *grid.get("after", []), *confirmed]:
         try:
             parse_params(_params(_flat(entry["overrides"]), base))
         except ParamsError as error:
             raise ParamsError(f"grid run {entry['name']}: {error}") from None
-    names = {entry["name"] for entry in grid["runs"]}
-    unknown = set(grid.get("confirm", {}).get("among", [])) - names
-    if unknown:
-        raise ParamsError(f"confirm.among: {', '.join(sorted(unknown))}: not a run of the grid")
 
 
 def _run(name: str, overrides: list[str], base: dict, out: Path, mains: dict) -> dict:

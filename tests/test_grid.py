@@ -50,7 +50,10 @@ def test_a_bad_run_anywhere_stops_the_grid_before_the_first_run(
     assert not (tmp_path / "out").exists()
 
 
-def test_a_confirm_entry_must_name_runs_of_the_grid():
+def test_a_confirm_entry_must_name_runs_of_the_grid_and_give_them_values_the_pipeline_takes():
     grid = {"runs": [{"name": "a", "overrides": []}], "confirm": {"among": ["a", "b"]}}
     with pytest.raises(ParamsError, match="confirm.among: b: not a run of the grid"):
+        GRID["check"](grid, BASE)
+    grid["confirm"] = {"among": ["a"], "seeds": [1], "epochs": [0]}
+    with pytest.raises(ParamsError, match=r"grid run confirm a train\.epochs=0: .*train\.epochs"):
         GRID["check"](grid, BASE)
