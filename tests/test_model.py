@@ -6,9 +6,10 @@ import torchinfo
 from conftest import DEFAULTS
 from torch import nn
 
+import beluga.model
 from beluga.batch_norm import BatchNorm
 from beluga.loader import MEAN, STD
-from beluga.model import CELU, ResNet9, build_model, load_model, save_model
+from beluga.model import CELU, ResNet9, build_model, celu_from_exp, load_model, save_model
 from beluga.receptive_field import layer_table
 
 
@@ -182,14 +183,22 @@ def test_bias_lr_factor_trains_the_bias_like_sgd_at_that_factor_and_weight_decay
     assert torch.allclose(fast.weight, plain.weight, atol=1e-5)
 
 
-def test_celu_on_the_cpu_equals_torchs_celu_in_value_and_gradient():
+def test_celu_from_exp_equals_torchs_celu_in_value_and_gradient():
     x = torch.randn(4, 3, 5, 5, dtype=torch.float64, requires_grad=True)
-    celu = CELU(0.3)
-    assert torch.autograd.gradcheck(celu, (x,))
-    torch.testing.assert_close(celu(x), nn.functional.celu(x, 0.3))
+    assert torch.autograd.gradcheck(lambda t: celu_from_exp(t, 0.3), (x,))
+    torch.testing.assert_close(celu_from_exp(x, 0.3), nn.functional.celu(x, 0.3))
     half = (x.detach() * 4).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
-    out = celu(half)
+    out = celu_from_exp(half, 0.3)
     assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(
         out.float(), nn.functional.celu(half.float(), 0.3), atol=4e-3, rtol=1e-2
     )
+
+
+@pytest.mark.parametrize("exp_form", [True, False])
+def test_celu_takes_the_form_chosen_for_this_cpu(monkeypatch, exp_form):
+    monkeypatch.setattr(beluga.model, "EXP_CELU_ON_CPU", exp_form)
+    x = (torch.randn(8, 16, 4, 4) * 4).to(torch.bfloat16)
+    expected = celu_from_exp(x, 0.3) if exp_form else nn.functional.celu(x, 0.3)
+    assert torch.equal(CELU(0.3)(x), expected)
+    assert not torch.equal(celu_from_exp(x, 0.3), nn.functional.celu(x, 0.3))

@@ -23,6 +23,7 @@ from .atomic import write_torch
 from .batch_norm import BatchNorm
 from .errors import ModelError
 from .params import ModelParams
+from .runtime import cpuinfo
 from .whitening import patch_whitening
 
 WHITENED_CHANNELS = 27  # one per eigenvector of a 3x3x3 patch
@@ -45,20 +46,26 @@ class _CeluFromExp(torch.autograd.Function):
         return torch.ops.aten.elu_backward(grad, alpha, 1, 1 / alpha, True, y), None
 
 
-class CELU(nn.CELU):
-    """nn.CELU, with a faster forward pass on the CPU.
+def celu_from_exp(x: torch.Tensor, alpha: float) -> torch.Tensor:
+    """CELU without torch's expm1 kernel: the same values to the dtype's rounding."""
+    return _CeluFromExp.apply(x, alpha)
 
-    torch's CPU kernel for CELU (and ELU) evaluates expm1 one element at a time:
-    on an AMD EPYC (Zen 4, bf16) it took 169 ms for one batch of 512 of the stem's
-    activations where exp takes 28 ms, and made the recipe's step 16% slower than
-    with ReLU. On the CPU the same function is computed with exp (clamp, exp and
-    arithmetic in place, 69 ms); GPUs keep torch's fused kernel.
-    """
+
+# Which CELU is the faster on the CPU depends on the processor. torch's kernel is one fused
+# pass around expm1; the exp form is five passes of cheaper ops. Forward over the stem's
+# activations of one batch of 512 (64 x 32 x 32, bf16, channels_last): on an AMD EPYC
+# (Zen 4) torch's 169 ms, the exp form 69 ms; on an Intel Xeon (Sapphire Rapids, AMX) torch's
+# 42 ms, the exp form 144 ms (docs/speed.md). So the exp form runs on AMD's CPUs only.
+EXP_CELU_ON_CPU = cpuinfo("vendor_id") == "AuthenticAMD"
+
+
+class CELU(nn.CELU):
+    """nn.CELU, computed by `celu_from_exp` on the CPUs where that is the faster (AMD's)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu":
-            return super().forward(x)
-        return _CeluFromExp.apply(x, self.alpha)
+        if x.device.type == "cpu" and EXP_CELU_ON_CPU:
+            return celu_from_exp(x, self.alpha)
+        return super().forward(x)
 
 
 class Parts:

@@ -53,12 +53,17 @@ class Runtime:
         """The GPU's name, or the CPU's model name: what a timing was measured on."""
         if self.device.type == "cuda":
             return torch.cuda.get_device_name(self.device)
-        cpuinfo = Path("/proc/cpuinfo")
-        if cpuinfo.exists():
-            for line in cpuinfo.read_text().splitlines():
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-        return platform.processor() or platform.machine()
+        return cpuinfo("model name") or platform.processor() or platform.machine()
+
+
+def cpuinfo(field: str) -> str:
+    """A field of the first processor in /proc/cpuinfo ("model name", "vendor_id"), or ""."""
+    path = Path("/proc/cpuinfo")
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.startswith(field):
+                return line.split(":", 1)[1].strip()
+    return ""
 
 
 def cpu_has_bf16() -> bool:
