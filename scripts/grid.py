@@ -54,6 +54,13 @@ def _params(overrides: list[str], base: dict) -> dict:
     return params
 
 
+def _variants(confirm: dict) -> list[tuple[str, str]]:
+    """A confirm entry's reruns of the best run: (name suffix, override), seeds then epochs."""
+    return [(f"seed{seed}", f"seed={seed}") for seed in confirm.get("seeds", [])] + [
+        (f"epochs{epochs}", f"train.epochs={epochs}") for epochs in confirm.get("epochs", [])
+    ]
+
+
 def check(grid: dict, base: dict) -> None:
     """Refuse the whole grid, in one line, if any run's params would be refused, so that a
     typo in its last run costs nothing (a grid can take a GPU's whole lease)."""
@@ -62,10 +69,9 @@ def check(grid: dict, base: dict) -> None:
     unknown = set(confirm.get("among", [])) - set(runs)
     if unknown:
         raise ParamsError(f"confirm.among: {', '.join(sorted(unknown))}: not a run of the grid")
-    more = [f"seed={seed}" for seed in confirm.get("seeds", [])]
-    more += [f"train.epochs={epochs}" for epochs in confirm.get("epochs", [])]
     confirmed = [{"name": f"confirm {name} {assignment}", "overrides": [*runs[name], assignment]}
-                 for name in confirm.get("among", []) for assignment in more]  # fmt: skip
+                 for name in confirm.get("among", [])
+                 for _, assignment in _variants(confirm)]  # fmt: skip
     for entry in [*grid["runs"], *grid.get("after", []), *confirmed]:
         try:
             parse_params(_params(_flat(entry["overrides"]), base))
@@ -142,14 +148,9 @@ def main() -> None:
         among = [row for row in rows if row["name"] in confirm["among"]]
         best = max(among, key=_accuracy)
         print(f"best of {len(among)}: {best['name']}", flush=True)
-        for seed in confirm.get("seeds", []):
+        for suffix, assignment in _variants(confirm):
             if time.monotonic() < deadline:
-                run(f"{best['name']}-seed{seed}", [*best["overrides"], f"seed={seed}"])
-        for epochs in confirm.get("epochs", []):
-            if time.monotonic() < deadline:
-                run(
-                    f"{best['name']}-epochs{epochs}", [*best["overrides"], f"train.epochs={epochs}"]
-                )
+                run(f"{best['name']}-{suffix}", [*best["overrides"], assignment])
     for entry in grid.get("after", []):
         if time.monotonic() < deadline:
             run(entry["name"], _flat(entry["overrides"]))
