@@ -29,7 +29,8 @@ def test_ranks_see_disjoint_images_and_keep_identical_parameters(tmp_path: Path)
 
 def test_train_stage_under_torchrun_with_two_processes(reproduced_copy: Path):
     project = reproduced_copy
-    result = sh("dvc", "exp", "run", "-S", "train.nproc=2", "-S", "train.epochs=2", cwd=project)
+    result = sh("dvc", "exp", "run", "-S", "train.nproc=2", "-S", "train.epochs=2", "train",
+                cwd=project)  # fmt: skip
     assert "Launching 2 ranks, 1 CPU threads each" in result.stdout
     assert result.stdout.count("Training on 2 x cpu") == 1  # rank 0 alone prints
     assert result.stdout.count("Test set: Average loss") == 2

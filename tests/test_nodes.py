@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from conftest import set_params, sh, tool_env
 
-EPOCHS = 8
+EPOCHS = 6
 
 
 def _free_port() -> int:

@@ -241,15 +241,15 @@ SLOW = {"train": {"epochs": 4, "batch_size": 8}}
 
 
 def _results(project: Path) -> dict:
-    """The run's metrics without their timings, and its history table."""
-    metrics = {}
-    for name in ("train", "eval", "lr_find", "per_class"):
-        metrics[name] = json.loads((project / f"metrics/{name}.json").read_text())
-        for timing in ("seconds", "seconds_per_epoch"):
-            metrics[name].pop(timing, None)
+    """The training run's metrics without their timings, its history table and its weights."""
+    metrics = json.loads((project / "metrics/train.json").read_text())
+    for timing in ("seconds", "seconds_per_epoch"):
+        metrics.pop(timing, None)
+    weights = torch.load(project / "models/model.pt", map_location="cpu", weights_only=False)
     return {
-        **metrics,
+        "train": metrics,
         "history": (project / "plots/history.csv").read_bytes(),
+        "weights": {name: t.numpy().tobytes() for name, t in weights["state_dict"].items()},
     }
 
 
@@ -264,15 +264,19 @@ def _kill_everything_in(folder: Path) -> None:
 
 
 def test_killed_run_resumes_to_the_same_metrics_as_an_uninterrupted_one(tmp_path: Path):
-    """Two projects with the same params and seed, one run whole and one killed and resumed:
-    every metric but the timings, and the history, must come out identical (so this is also
-    the test that a run is repeatable)."""
+    """Two copies of one project after its range test, one trained whole and one killed and
+    resumed: the training metrics but the timings, the history and every weight must come
+    out identical (so this is also the test that training is repeatable; evaluation is a
+    function of the weights)."""
     baseline = make_project(tmp_path / "a", **SLOW)
-    sh("dvc", "repro", cwd=baseline)
+    sh("dvc", "repro", "lr_find", cwd=baseline)
+    project = tmp_path / "b" / "project"
+    shutil.copytree(baseline, project, symlinks=True)
+    sh("dvc", "repro", "train", cwd=baseline)
 
-    project = make_project(tmp_path / "b", **SLOW)
     checkpoint = project / "checkpoints" / "train.pt"
-    run = subprocess.Popen(["dvc", "repro"], cwd=project, env=tool_env(), start_new_session=True,
+    run = subprocess.Popen(["dvc", "repro", "train"], cwd=project, env=tool_env(),
+                           start_new_session=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.monotonic() + 300
     while not checkpoint.exists() and run.poll() is None and time.monotonic() < deadline:
@@ -291,7 +295,7 @@ def test_killed_run_resumes_to_the_same_metrics_as_an_uninterrupted_one(tmp_path
     )
     assert "final_test_accuracy" not in partial and "best_test_accuracy" not in partial
 
-    resumed = sh("dvc", "repro", cwd=project)
+    resumed = sh("dvc", "repro", "train", cwd=project)
     assert f"Resuming from checkpoints/train.pt after epoch {epochs_done}" in resumed.stdout, (
         resumed.stdout[:3000]
     )
@@ -300,8 +304,8 @@ def test_killed_run_resumes_to_the_same_metrics_as_an_uninterrupted_one(tmp_path
 
 
 def test_sigterm_finishes_cleanly_and_changed_params_start_afresh(tmp_path: Path):
-    project = make_project(tmp_path, **SLOW)
-    sh("dvc", "repro", "lr_find", cwd=project)
+    project = make_project(tmp_path, train={**SLOW["train"], "max_lr": 0.05})  # no range test
+    sh("dvc", "repro", "download", cwd=project)
     checkpoint = project / "checkpoints" / "train.pt"
     run = subprocess.Popen([sys.executable, "stages/train.py"], cwd=project, env=tool_env(),
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip

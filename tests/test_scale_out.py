@@ -7,21 +7,24 @@ from conftest import commit_with_remote, sh
 
 
 def test_queued_experiments_run_and_show_different_metrics(reproduced_copy: Path):
+    """Two queued experiments that change the test-time views: each reruns evaluate and
+    report on the committed model, and `dvc exp show` tells them apart."""
     project = reproduced_copy
     sh("git", "add", "-A", cwd=project)
     sh("git", "commit", "-qm", "baseline", cwd=project)
-    for lr in ("0.01", "0.2"):
-        sh("dvc", "exp", "run", "--queue", "-n", f"lr-{lr}", "-S", f"train.max_lr={lr}",
+    for tta in ("none", "flip"):
+        sh("dvc", "exp", "run", "--queue", "-n", f"tta-{tta}", "-S", f"evaluate.tta={tta}",
            cwd=project)  # fmt: skip
     sh("dvc", "queue", "start", "-j", "1", cwd=project)
-    sh("dvc", "queue", "logs", "-f", "lr-0.01", cwd=project)
-    sh("dvc", "queue", "logs", "-f", "lr-0.2", cwd=project)
+    sh("dvc", "queue", "logs", "-f", "tta-none", cwd=project)
+    sh("dvc", "queue", "logs", "-f", "tta-flip", cwd=project)
     shown = json.loads(sh("dvc", "exp", "show", "--json", cwd=project).stdout)
-    found = dict(_named_metrics(shown, {"lr-0.01", "lr-0.2"}))
-    assert set(found) == {"lr-0.01", "lr-0.2"}, shown
-    assert found["lr-0.01"]["metrics/train.json"]["max_lr"] == 0.01
-    assert found["lr-0.2"]["metrics/train.json"]["max_lr"] == 0.2
-    assert found["lr-0.01"]["metrics/eval.json"] != found["lr-0.2"]["metrics/eval.json"]
+    found = dict(_named_metrics(shown, {"tta-none", "tta-flip"}))
+    assert set(found) == {"tta-none", "tta-flip"}, shown
+    assert found["tta-none"]["metrics/eval.json"]["tta"] == "none"
+    assert found["tta-flip"]["metrics/eval.json"]["tta"] == "flip"
+    losses = [found[name]["metrics/eval.json"]["loss"] for name in ("tta-none", "tta-flip")]
+    assert losses[0] != losses[1]
 
 
 def _named_metrics(node, names):
