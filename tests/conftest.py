@@ -90,6 +90,11 @@ def write_class_folders(root: Path, train_per_class: int = 5, test_per_class: in
             counters[label] += 1
 
 
+def model_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The state dict of a model file the train stage wrote."""
+    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+
+
 def tool_env() -> dict[str, str]:
     """Environment in which `dvc` and `python` are this interpreter's."""
     env = dict(os.environ)

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import torch
-from conftest import set_params, sh, tool_env
+from conftest import model_weights, set_params, sh, tool_env
 
 EPOCHS = 6
 
@@ -49,10 +49,6 @@ def _repro(node: Path) -> subprocess.Popen:
         ["dvc", "repro", "train"], cwd=node, env={**tool_env(), "OMP_NUM_THREADS": "1"},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )  # fmt: skip
-
-
-def _weights(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
 
 
 def _epochs_done(node: Path) -> int:
@@ -99,7 +95,7 @@ def test_two_nodes_train_like_two_ranks_on_one_and_resume_after_a_node_is_killed
     assert metrics[0]["epochs_done"] == EPOCHS
     for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr"):
         assert metrics[0][key] == metrics[1][key], key
-    two, one = _weights(node0 / "models/model.pt"), _weights(one_node / "models/model.pt")
+    two, one = (model_weights(p / "models/model.pt") for p in (node0, one_node))
     assert two.keys() == one.keys()
     assert all(torch.equal(two[k], one[k]) for k in two)
 

@@ -22,6 +22,7 @@ from conftest import (
     ROOT,
     add_bytes,
     make_project,
+    model_weights,
     set_params,
     sh,
     tool_env,
@@ -245,11 +246,11 @@ def _results(project: Path) -> dict:
     metrics = json.loads((project / "metrics/train.json").read_text())
     for timing in ("seconds", "seconds_per_epoch"):
         metrics.pop(timing, None)
-    weights = torch.load(project / "models/model.pt", map_location="cpu", weights_only=False)
+    weights = model_weights(project / "models/model.pt")
     return {
         "train": metrics,
         "history": (project / "plots/history.csv").read_bytes(),
-        "weights": {name: t.numpy().tobytes() for name, t in weights["state_dict"].items()},
+        "weights": {name: t.numpy().tobytes() for name, t in weights.items()},
     }
 
 
