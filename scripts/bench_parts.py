@@ -1,15 +1,17 @@
 """The step's parts that recipes change, timed alone: batch-norm forms and activations.
 
-    python scripts/bench_parts.py
+    python scripts/bench_parts.py [--fp32]
 
 Forward + backward of the ResNet-9's eight batch norms (or activations) at their
-shapes for one batch of 512, bf16 where the CPU has it, channels_last; the median
-of 4 repetitions after a warm-up. `docs/speed.md` has the figures and what they
-decided: ghost batch norm on contiguous sub-batches, and which CELU runs on which CPU.
+shapes for one batch of 512, bf16 where the CPU has it (fp32 with `--fp32`),
+channels_last; the median of 4 repetitions after a warm-up. `docs/speed.md` has the
+figures and what they decided: ghost batch norm on contiguous sub-batches, and which
+CELU runs on which CPU.
 """
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from collections.abc import Callable
@@ -50,7 +52,10 @@ def timed(layer: Callable[[torch.Tensor, int], torch.Tensor], dtype: torch.dtype
 
 
 def main() -> None:
-    dtype = torch.bfloat16 if cpu_has_bf16() else torch.float32
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fp32", action="store_true", help="fp32 even where the CPU has bf16")
+    fp32 = parser.parse_args().fp32
+    dtype = torch.bfloat16 if cpu_has_bf16() and not fp32 else torch.float32
     plain = [nn.BatchNorm2d(s[0]) for s in SHAPES]
     ghost = [BatchNorm(s[0], ghost_splits=SPLITS) for s in SHAPES]
     stock_celu = nn.CELU(0.3)
@@ -60,7 +65,7 @@ def main() -> None:
         "ghost batch norm, interleaved (before)": lambda x, i: interleaved(x, ghost[i]),
         "ReLU": lambda x, i: F.relu(x),
         "CELU, torch's kernel": lambda x, i: stock_celu(x),
-        "CELU from exp (beluga on AMD's CPUs)": lambda x, i: celu_from_exp(x, 0.3),
+        "CELU from exp (beluga on AMD's CPUs in bf16)": lambda x, i: celu_from_exp(x, 0.3),
     }
     print(f"{torch.__version__}, {dtype}, batch {BATCH}, channels_last")
     for name, layer in rows.items():

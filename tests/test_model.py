@@ -195,10 +195,13 @@ def test_celu_from_exp_equals_torchs_celu_in_value_and_gradient():
     )
 
 
-@pytest.mark.parametrize("exp_form", [True, False])
-def test_celu_takes_the_form_chosen_for_this_cpu(monkeypatch, exp_form):
-    monkeypatch.setattr(beluga.model, "EXP_CELU_ON_CPU", exp_form)
-    x = (torch.randn(8, 16, 4, 4) * 4).to(torch.bfloat16)
+@pytest.mark.parametrize(
+    ("amd", "dtype", "exp_form"),
+    [(True, torch.bfloat16, True), (True, torch.float32, False), (False, torch.bfloat16, False)],
+)
+def test_celu_takes_the_exp_form_on_amd_cpus_in_bf16_only(monkeypatch, amd, dtype, exp_form):
+    monkeypatch.setattr(beluga.model, "AMD_CPU", amd)
+    x = (torch.randn(8, 16, 4, 4) * 4).to(dtype)
     expected = celu_from_exp(x, 0.3) if exp_form else nn.functional.celu(x, 0.3)
     assert torch.equal(CELU(0.3)(x), expected)
     assert not torch.equal(celu_from_exp(x, 0.3), nn.functional.celu(x, 0.3))

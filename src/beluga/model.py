@@ -51,19 +51,20 @@ def celu_from_exp(x: torch.Tensor, alpha: float) -> torch.Tensor:
     return _CeluFromExp.apply(x, alpha)
 
 
-# Which CELU is the faster on the CPU depends on the processor. torch's kernel is one fused
-# pass around expm1; the exp form is five passes of cheaper ops. Forward over the stem's
-# activations of one batch of 512 (64 x 32 x 32, bf16, channels_last): on an AMD EPYC
-# (Zen 4) torch's 169 ms, the exp form 69 ms; on an Intel Xeon (Sapphire Rapids, AMX) torch's
-# 42 ms, the exp form 144 ms (docs/speed.md). So the exp form runs on AMD's CPUs only.
-EXP_CELU_ON_CPU = cpuinfo("vendor_id") == "AuthenticAMD"
+# Which CELU is the faster on the CPU depends on the processor and the dtype. torch's kernel
+# is one fused pass around expm1; the exp form is five passes of cheaper ops. Forward over
+# the stem's activations of one batch of 512 (64 x 32 x 32, bf16, channels_last): on an AMD
+# EPYC (Zen 4) torch's 169 ms, the exp form 69 ms; on an Intel Xeon (Sapphire Rapids, AMX)
+# torch's 42 ms, the exp form 144 ms. In fp32 on an AMD EPYC Zen 3 torch's kernel won too
+# (docs/speed.md). So the exp form runs on AMD's CPUs in bf16 only.
+AMD_CPU = cpuinfo("vendor_id") == "AuthenticAMD"
 
 
 class CELU(nn.CELU):
-    """nn.CELU, computed by `celu_from_exp` on the CPUs where that is the faster (AMD's)."""
+    """nn.CELU, computed by `celu_from_exp` where that is the faster (AMD's CPUs, bf16)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and EXP_CELU_ON_CPU:
+        if AMD_CPU and x.device.type == "cpu" and x.dtype == torch.bfloat16:
             return celu_from_exp(x, self.alpha)
         return super().forward(x)
 
