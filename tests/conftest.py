@@ -23,6 +23,11 @@ from beluga.data import CLASSES
 from beluga.params import load_params
 from beluga.runtime import Runtime
 
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # the cores shared out among pytest-xdist's workers
+    _threads = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ.setdefault("OMP_NUM_THREADS", str(_threads))
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_JPEG = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 DEFAULTS = load_params(ROOT / "params.yaml")  # the project's params, as tests' starting point
