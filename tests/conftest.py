@@ -20,13 +20,14 @@ from dvc.utils.hydra import compose_and_dump
 from PIL import Image
 
 from beluga.data import CLASSES
+from beluga.distributed import threads_per_rank
 from beluga.params import load_params
 from beluga.runtime import Runtime
 
-if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # the cores shared out among pytest-xdist's workers
-    _threads = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
-    os.environ.setdefault("OMP_NUM_THREADS", str(_threads))
-    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # pytest-xdist's workers share the cores as ranks do
+    _threads = threads_per_rank(int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ["OMP_NUM_THREADS"] = str(_threads)
+    torch.set_num_threads(_threads)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_JPEG = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
