@@ -195,6 +195,17 @@ def test_celu_from_exp_equals_torchs_celu_in_value_and_gradient():
     )
 
 
+def test_celu_from_exp_gradient_in_bf16_has_no_bias_where_the_output_form_has():
+    x = torch.linspace(-3, -1, 4096).to(torch.bfloat16).requires_grad_()
+    celu_from_exp(x, 0.3).sum().backward()
+    exact = torch.exp(x.detach().double() / 0.3)
+    from_output = torch.ops.aten.elu_backward(
+        torch.ones_like(x), 0.3, 1, 1 / 0.3, True, nn.functional.celu(x.detach(), 0.3)
+    )
+    assert abs((x.grad.double() - exact).mean() / exact.mean()) < 0.01
+    assert (from_output.double() - exact).mean() / exact.mean() < -0.1
+
+
 @pytest.mark.parametrize(
     ("amd", "dtype", "exp_form"),
     [(True, torch.bfloat16, True), (True, torch.float32, False), (False, torch.bfloat16, False)],
