@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from celu_precision import from_output
 from torch import nn
 
 from beluga.batch_norm import BatchNorm
@@ -66,6 +67,7 @@ def main() -> None:
         "ReLU": lambda x, i: F.relu(x),
         "CELU, torch's kernel": lambda x, i: stock_celu(x),
         "CELU from exp (beluga on AMD's CPUs in bf16)": lambda x, i: celu_from_exp(x, 0.3),
+        "CELU from exp, gradient from the output (before)": lambda x, i: from_output(x),
     }
     print(f"{torch.__version__}, {dtype}, batch {BATCH}, channels_last")
     for name, layer in rows.items():
