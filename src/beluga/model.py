@@ -30,7 +30,7 @@ WHITENED_CHANNELS = 27  # one per eigenvector of a 3x3x3 patch
 
 
 class _CeluFromExp(torch.autograd.Function):
-    """CELU as clamp, exp and arithmetic; its gradient from the saved exp, as exact as torch's.
+    """CELU as clamp, exp and arithmetic; its gradient from the saved exp, unbiased as torch's.
 
     The gradient is exp(min(x, 0) / alpha), the intermediate kept for backward. aten's way,
     from the output as (y + alpha) / alpha, cancels in bf16 where y is near -alpha: below
