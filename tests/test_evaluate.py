@@ -7,7 +7,7 @@ from beluga.evaluate import averaged_logits
 from beluga.model import ResNet9
 
 
-@pytest.mark.parametrize("tta", ["none", "flip", "flip_shift"])
+@pytest.mark.parametrize("tta", ["none", "flip", "flip_shift", "flip_shift_equal"])
 def test_all_views_in_one_pass_average_the_logits_of_each_view(tta):
     torch.manual_seed(0)
     model = ResNet9().eval()
@@ -24,6 +24,7 @@ def test_all_views_in_one_pass_average_the_logits_of_each_view(tta):
             "none": model(x),
             "flip": mirrored(x),
             "flip_shift": (mirrored(x) + shifted) / 2,
+            "flip_shift_equal": (mirrored(x) + 2 * shifted) / 3,
         }
     torch.testing.assert_close(got, expected[tta])
     assert got.dtype == torch.float32 and got.shape == (5, 10)

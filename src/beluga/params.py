@@ -156,7 +156,7 @@ class AugmentParams(_Section):
 
 class EvaluateParams(_Section):
     batch_size: int = Field(gt=0)
-    tta: Literal["none", "flip", "flip_shift"]
+    tta: Literal["none", "flip", "flip_shift", "flip_shift_equal"]
     misclassified: int = Field(ge=1, le=100)
 
 

@@ -1,7 +1,7 @@
 """Classify your own images with a trained model.
 
     python -m beluga.predict IMAGE_OR_FOLDER... [--model models/model.pt] [--top 3]
-                             [--tta none|flip|flip_shift]
+                             [--tta none|flip|flip_shift|flip_shift_equal]
 
 PNG and JPEG files of any size; `-` reads one image from standard input, and a folder
 gives its PNG and JPEG files. An image that is not 32x32 is centre-cropped to a square
@@ -26,7 +26,8 @@ from .cli import stage
 from .data.images import decode
 from .errors import DataError, ModelError
 
-TTA_NAMES = ("none", "flip", "flip_shift")  # beluga.evaluate.TTA, named without importing torch
+# beluga.evaluate.TTA, named without importing torch
+TTA_NAMES = ("none", "flip", "flip_shift", "flip_shift_equal")
 
 SUFFIXES = {".png", ".jpg", ".jpeg"}
 SIDE = 32
