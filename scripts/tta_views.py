@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +44,9 @@ COMBOS = {
 }
 
 
-def shifted(dy: int, dx: int, mirror: bool):
+def shifted(
+    dy: int, dx: int, mirror: bool
+) -> Callable[[torch.Tensor], tuple[list[torch.Tensor], list[float]]]:
     """A view function for beluga.evaluate.TTA: the batch moved by (dy, dx), maybe mirrored."""
 
     def view(x: torch.Tensor) -> tuple[list[torch.Tensor], list[float]]:
