@@ -28,3 +28,14 @@ def test_all_views_in_one_pass_average_the_logits_of_each_view(tta):
         }
     torch.testing.assert_close(got, expected[tta])
     assert got.dtype == torch.float32 and got.shape == (5, 10)
+
+
+def test_every_tta_name_is_one_the_params_and_predict_accept():
+    from typing import get_args
+
+    from beluga.evaluate import TTA
+    from beluga.params import EvaluateParams
+    from beluga.predict import TTA_NAMES
+
+    accepted = get_args(EvaluateParams.model_fields["tta"].annotation)
+    assert set(TTA) == set(accepted) == set(TTA_NAMES)
