@@ -144,8 +144,8 @@ def main() -> None:
         if time.monotonic() < deadline:
             run(entry["name"], _flat(entry["overrides"]))
     confirm = grid.get("confirm")
-    if confirm:
-        among = [row for row in rows if row["name"] in confirm["among"]]
+    among = [row for row in rows if row["name"] in (confirm or {}).get("among", [])]
+    if among:  # none when the deadline came first
         best = max(among, key=_accuracy)
         print(f"best of {len(among)}: {best['name']}", flush=True)
         for suffix, assignment in _variants(confirm):

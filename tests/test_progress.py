@@ -156,6 +156,7 @@ def _render(**changes) -> str:
         paths.train_metrics: {"epochs_done": 1, "epochs_planned": 1, "max_lr": 0.2,
                               "device": "cpu", "machine": "A CPU", "precision": "fp32"},
         paths.eval_metrics: {"accuracy": 0.5, "correct": 10, "total": 20, "tta": "none"},
+        paths.export_metrics: {"agreement": 1.0, "seconds": 3.0},
         paths.per_class_metrics: {"cat": 0.25},
     }  # fmt: skip
     layers = pd.DataFrame({"layer": ["fc"], "parameters": [10]})
@@ -179,3 +180,10 @@ def test_report_page_for_a_folder_source_a_set_lr_and_no_commit():
     assert "max_lr **0.2**, chosen by the `minimum` rule" in page
     rows = {row[0]: row[1:] for row in _page_rows(page)}
     assert rows["train.max_lr"] == ["null", "0.2"] and rows["seed"] == ["1", "-"]
+
+
+def test_report_page_times_every_stage_that_records_its_seconds():
+    rows = {row[0]: row[1:] for row in _page_rows(_render())}
+    assert rows["download"] == ["1.0 s"] and rows["lr_find"] == ["2.0 s"]
+    assert rows["export"] == ["3.0 s"] and rows["report"] == ["0.5 s"]
+    assert rows["train"] == ["-"]  # this train.json records no seconds

@@ -120,7 +120,8 @@ def render(
         + (f", divided by {divide_by:g} (`lr_find.divide_by`)" if divide_by != 1 else "")
     )
     done = f"{train['epochs_done']} of {train['epochs_planned']} epochs"
-    by_stage = {"download": download, "lr_find": finder, "train": train, "evaluate": evaluation}
+    by_stage = {"download": download, "lr_find": finder, "train": train, "evaluate": evaluation,
+                "export": metrics.get(paths.export_metrics, {})}  # fmt: skip
     recipe = (
         [f"Params that differ from commit `{baseline[0]}`'s `params.yaml`, the commit this run "
          "started from (what `dvc params diff` showed then):",
