@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import runpy
+import sys
 import time
 from pathlib import Path
 
@@ -94,6 +95,7 @@ def _run(name: str, overrides: list[str], base: dict, out: Path, mains: dict) ->
             if stage == "lr_find" and params["train"]["max_lr"] is not None:
                 continue
             start = time.perf_counter()
+            sys.argv = [f"stages/{stage}.py"]  # the stage parses its own (empty) arguments
             mains[stage]()
             row["seconds"][stage] = round(time.perf_counter() - start, 2)
     except SystemExit as failed:
