@@ -6,7 +6,8 @@ On a GPU a step of ResNet-9 at batch 512 is short enough that each operator's ke
 launch counts; on a CPU it does not. This counts the ATen operators of one forward,
 backward, optimizer and weight-average step (batch 64, on the CPU: the count does not
 depend on the device or the batch), for params.yaml's recipe, with one of its options
-turned back to the plain network's at a time, and for the plain network.
+turned back to the plain network's at a time, and for the plain network, in both memory
+layouts (ghost batch norm takes one operator in NCHW, a chunk each in channels_last).
 docs/speed.md has the figures.
 """
 
@@ -40,7 +41,7 @@ def step_ops(params, runtime, images: np.ndarray) -> Counter:
     x = torch.randn(BATCH, 3, 32, 32).contiguous(memory_format=runtime.memory_format)
     y = torch.randint(0, 10, (BATCH,))
     model.train()
-    for _ in range(2):  # the first step creates the optimizer's state
+    for _ in range(3):  # the first two create the optimizer's state and the average's lists
         counter = Count()
         with counter, runtime.autocast():
             loss = opt.criterion(model(x), y)
@@ -51,7 +52,6 @@ def step_ops(params, runtime, images: np.ndarray) -> Counter:
 
 def main() -> None:
     params = load_params()
-    runtime = resolve(RuntimeParams(device="cpu", precision="fp32", channels_last=True))
     images = np.random.default_rng(0).integers(0, 256, (512, 32, 32, 3), dtype=np.uint8)
     variants = {"recipe (params.yaml)": params}
     for key, plain in PLAIN_MODEL.items():
@@ -61,10 +61,14 @@ def main() -> None:
         update={"train": params.train.model_copy(update={"ema_decay": None})}
     )
     variants["plain network"] = plain_params(params)
-    for name, variant in variants.items():
-        ops = step_ops(variant, runtime, images)
-        top = ", ".join(f"{op} {n}" for op, n in ops.most_common(4))
-        print(f"{name:45s} {sum(ops.values()):5d} ops  ({top})")
+    for channels_last in (True, False):
+        runtime = resolve(RuntimeParams(device="cpu", precision="fp32",
+                                        channels_last=channels_last))  # fmt: skip
+        print(f"runtime.channels_last={channels_last}")
+        for name, variant in variants.items():
+            ops = step_ops(variant, runtime, images)
+            top = ", ".join(f"{op} {n}" for op, n in ops.most_common(4))
+            print(f"  {name:45s} {sum(ops.values()):5d} ops  ({top})")
 
 
 if __name__ == "__main__":

@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 import torch
 from conftest import CPU, DEFAULTS
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from beluga import lr_find
 from beluga.loader import DeviceLoader
 from beluga.model import ResNet9
-from beluga.optim import one_cycle
+from beluga.optim import WeightAverage, one_cycle
 
 
 def _momenta(cycle: bool, name: str = "sgd") -> list[float]:
@@ -91,3 +92,27 @@ def test_ema_every_k_steps_averages_those_steps_at_the_decay_to_the_power_k():
     expected = 0.25 * weights[1] + 0.75 * weights[3]
     torch.testing.assert_close(opt.ema.module.head[2].weight, expected)
     assert not torch.allclose(expected, weights[4])
+
+
+def test_weight_average_equals_averaged_model_bit_for_bit_also_after_a_resume():
+    torch.manual_seed(0)
+    model = ResNet9(**DEFAULTS.model.model_dump())  # ghost batch norm: per-split and int buffers
+    sgd = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    ours = WeightAverage(model, 0.9)
+    theirs = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+    x, y = torch.randn(32, 3, 32, 32), torch.randint(0, 10, (32,))
+    for step in range(4):
+        sgd.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        sgd.step()
+        ours.update_parameters(model)
+        theirs.update_parameters(model)
+        if step == 1:  # a resumed run: a new average loaded from the saved one goes on alike
+            ours = WeightAverage(model, 0.9)
+            ours.load_state_dict(theirs.state_dict())
+    mine, reference = ours.state_dict(), theirs.state_dict()
+    assert mine.keys() == reference.keys()
+    assert all(torch.equal(mine[k], reference[k]) for k in mine)
+    # integer buffers are averaged and truncated, not copied: 0.9 * 1 + 0.1 * 4 -> 1
+    assert model.prep[2].num_batches_tracked == 4 and mine["module.prep.2.num_batches_tracked"] == 1
+    assert not torch.equal(mine["module.head.2.weight"], model.head[2].weight)

@@ -13,12 +13,16 @@ class BatchNorm(nn.BatchNorm2d):
     """nn.BatchNorm2d (same parameters and buffers, and per-split ones) with two options.
 
     `ghost_splits` > 1: in training, each batch is normalised as that many
-    contiguous sub-batches with statistics of their own (ghost batch norm,
-    Hoffer et al. 2017): noisier statistics regularise a short run. The loader
-    shuffles, so a contiguous chunk is as random as any other, and in both
-    memory layouts a chunk of the batch dimension is a free view, so the
-    activations are never copied into another layout (David Page's interleaved
-    view is free only in NCHW). Each sub-batch updates running statistics of its
+    sub-batches with statistics of their own (ghost batch norm, Hoffer et al.
+    2017): noisier statistics regularise a short run. The loader shuffles, so
+    any fixed split is as random as any other, and the split follows the memory
+    layout so that the activations are never copied into another one. In NCHW,
+    sub-batch s holds images s, s + splits, ... (David Page's interleaved view):
+    the batch is one `batch_norm` call over splits x channels, which counts where
+    each operator's launch does (a GPU's short step). In channels_last that view
+    would need a copy, so sub-batch s is the s-th contiguous chunk, a free view,
+    each chunk its own call (free on a CPU, where the arithmetic dominates).
+    Each sub-batch updates running statistics of its
     own (`split_mean`, `split_var`, one row per sub-batch); `running_mean` and
     `running_var` are their average, taken when the model is switched to eval
     and when its state is saved, as Page does. Averaging the rows is exactly the
@@ -70,6 +74,12 @@ class BatchNorm(nn.BatchNorm2d):
                 self.split_mean.add_(stats[0] - self.running_mean)
                 self.split_var.add_(stats[1] - self.running_var)
             return y
+        if x.is_contiguous():
+            n, c, h, w = x.shape
+            y = F.batch_norm(x.view(n // splits, splits * c, h, w), self.split_mean.view(-1),
+                             self.split_var.view(-1), self.weight.repeat(splits),
+                             bias.repeat(splits), True, self.momentum, self.eps)  # fmt: skip
+            return y.view(n, c, h, w)
         stats = zip(x.chunk(splits), self.split_mean, self.split_var)
         return torch.cat([
             F.batch_norm(part, mean, var, self.weight, bias, True, self.momentum, self.eps)

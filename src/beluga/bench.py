@@ -1,6 +1,6 @@
 """Training speed, side by side on one machine: bare model step, beluga's epoch, reference loop.
 
-    python -m beluga.bench [--quick] [--json FILE]
+    python -m beluga.bench [--quick] [--nchw] [--json FILE]
 
 (a) ceiling: forward, backward and optimizer step on random tensors already in memory,
     for params.yaml's model and for the plain ResNet-9 (the reference recipe's model:
@@ -212,11 +212,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--nchw", action="store_true", help="NCHW instead of channels_last")
     args = parser.parse_args(argv)
 
     params = load_params(args.params)
     runtime = resolve(RuntimeParams(device=args.device, precision=args.precision,
-                                    channels_last=True))  # fmt: skip
+                                    channels_last=not args.nchw))  # fmt: skip
     images, labels, source = training_images(Path(params.paths.data))
     on_gpu = runtime.device.type == "cuda"
     if args.quick:
