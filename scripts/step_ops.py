@@ -3,12 +3,13 @@
     python scripts/step_ops.py
 
 On a GPU a step of ResNet-9 at batch 512 is short enough that each operator's kernel
-launch counts; on a CPU it does not. This counts the ATen operators of one forward,
-backward, optimizer and weight-average step (batch 64, on the CPU: the count does not
-depend on the device or the batch), for params.yaml's recipe, with one of its options
-turned back to the plain network's at a time, and for the plain network, in both memory
-layouts (ghost batch norm takes one operator in NCHW, a chunk each in channels_last).
-docs/speed.md has the figures.
+launch counts; on a CPU it does not. This counts the top-level ATen operators of one
+forward, backward, optimizer and weight-average step (batch 64, fp32, on the CPU; a GPU
+under autocast adds its casts, and a foreach operator over integer tensors launches a
+kernel per tensor there), for params.yaml's recipe, with one of its options turned back
+to the plain network's at a time, and for the plain network, in both memory layouts
+(ghost batch norm is one `batch_norm` call a layer in NCHW, one a chunk in
+channels_last). docs/speed.md has the figures.
 """
 
 from collections import Counter

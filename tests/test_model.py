@@ -110,8 +110,9 @@ SUB_BATCHES = {torch.contiguous_format: [[0, 2, 4, 6], [1, 3, 5, 7]],
 def test_ghost_batch_norm_normalises_each_sub_batch_alone_in_both_layouts(layout):
     torch.manual_seed(0)
     norm = BatchNorm(3, ghost_splits=2, bias_lr_factor=4.0).train()
-    with torch.no_grad():
-        norm.bias.fill_(0.25)
+    with torch.no_grad():  # a scale and bias of each channel's own, to catch a channel mix-up
+        norm.weight.copy_(torch.tensor([1.0, 2.0, 3.0]))
+        norm.bias.copy_(torch.tensor([0.25, -0.5, 1.0]))
     x = (torch.randn(8, 3, 4, 4) * 3 + 1).contiguous(memory_format=layout).requires_grad_()
     upstream = torch.randn(8, 3, 4, 4)
     y = norm(x)
@@ -119,18 +120,23 @@ def test_ghost_batch_norm_normalises_each_sub_batch_alone_in_both_layouts(layout
     assert y.is_contiguous(memory_format=layout)
     # the reference: each sub-batch through a batch norm of its own
     ref_x = x.detach().clone().requires_grad_()
-    ref_bias = torch.full((3,), 0.5, requires_grad=True)
+    ref_weight = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    ref_bias = torch.tensor([0.5, -1.0, 2.0], requires_grad=True)
     ref_y = torch.zeros(8, 3, 4, 4)
     for images in map(torch.tensor, SUB_BATCHES[layout]):
-        part = F.batch_norm(ref_x[images], None, None, bias=ref_bias, training=True)
+        part = F.batch_norm(ref_x[images], None, None, ref_weight, ref_bias, training=True)
         ref_y = ref_y.index_copy(0, images, part)
     (ref_y * upstream).sum().backward()
     torch.testing.assert_close(y, ref_y)
     torch.testing.assert_close(x.grad, ref_x.grad)
+    torch.testing.assert_close(norm.weight.grad, ref_weight.grad)
     torch.testing.assert_close(norm.bias.grad, ref_bias.grad * 2)  # stored bias = effective / 2
     # running statistics: one row per sub-batch, averaged on the switch to eval
-    means = torch.stack([x.detach()[images].mean((0, 2, 3)) for images in SUB_BATCHES[layout]])
+    parts = [x.detach()[images] for images in SUB_BATCHES[layout]]
+    means = torch.stack([part.mean((0, 2, 3)) for part in parts])
+    variances = torch.stack([part.var((0, 2, 3)) for part in parts])
     torch.testing.assert_close(norm.split_mean, 0.1 * means)
+    torch.testing.assert_close(norm.split_var, 0.9 + 0.1 * variances)
     norm.eval()
     torch.testing.assert_close(norm.running_mean, 0.1 * means.mean(0))
     odd = torch.randn(7, 3, 4, 4)

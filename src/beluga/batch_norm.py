@@ -16,14 +16,15 @@ class BatchNorm(nn.BatchNorm2d):
     sub-batches with statistics of their own (ghost batch norm, Hoffer et al.
     2017): noisier statistics regularise a short run. The loader shuffles, so
     any fixed split is as random as any other, and the split follows the memory
-    layout so that the activations are never copied into another one. In NCHW,
-    sub-batch s holds images s, s + splits, ... (David Page's interleaved view):
-    the batch is one `batch_norm` call over splits x channels, which counts where
-    each operator's launch does (a GPU's short step). In channels_last that view
-    would need a copy, so sub-batch s is the s-th contiguous chunk, a free view,
-    each chunk its own call (free on a CPU, where the arithmetic dominates).
-    Each sub-batch updates running statistics of its
-    own (`split_mean`, `split_var`, one row per sub-batch); `running_mean` and
+    layout so that the activations are never copied into another one. In NCHW
+    (any contiguous input, so also a channels_last one of 1 x 1 images), sub-batch
+    s holds images s, s + splits, ... (David Page's interleaved view): the batch
+    is one `batch_norm` call over splits x channels, which counts where each
+    operator's launch does (a GPU's short step). In channels_last that view would
+    need a copy, so sub-batch s is the s-th contiguous chunk, a free view, each
+    chunk its own call (free on a CPU, where the arithmetic dominates). Each
+    sub-batch updates running statistics of its own (`split_mean`, `split_var`,
+    one row per sub-batch); `running_mean` and
     `running_var` are their average, taken when the model is switched to eval
     and when its state is saved, as Page does. Averaging the rows is exactly the
     running statistics of the average, since both are linear in the updates. A

@@ -34,46 +34,46 @@ def make_criterion(label_smoothing: float) -> nn.Module:
 
 
 class WeightAverage(AveragedModel):
-    """AveragedModel's moving average of weights and buffers at `decay`, in 6 operators a step.
+    """AveragedModel's moving average of weights and buffers, in a few foreach operators.
 
     AveragedModel.update_parameters detaches and regroups every parameter and buffer on
-    each call, 172 operators a step for ResNet-9 (scripts/step_ops.py), which a GPU's short
-    step pays in dispatch. This lists the pairs of tensors once, at the first update after
-    the copy (the only step that reads the count back from the device), and then makes
-    get_ema_multi_avg_fn's arithmetic with foreach operators (a
-    lerp of the floating-point ones; integer buffers as decay * own + (1 - decay) * model's,
-    truncated), so the average is AveragedModel's bit for bit. The model's tensors must stay
-    the same objects, as they do when a state dict is loaded into them.
+    each call, an operator each, which a GPU's short step pays in dispatch
+    (docs/speed.md). This makes get_ema_multi_avg_fn's arithmetic on the tensors as they
+    are (a lerp of the floating-point ones; integer buffers as decay * own + (1 - decay)
+    * model's, truncated), so the average is AveragedModel's bit for bit, and reads the
+    count back from the device only on the first update after it is made or loaded.
     """
 
     def __init__(self, model: nn.Module, decay: float) -> None:
         super().__init__(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
         self.decay = decay
-        self._made_for: int | None = None  # id() of the model the lists below were made for
-        self._floats: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])  # own, model's
-        self._others: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
+        self._started = False  # known to have averaged once, without asking the device
 
     @torch.no_grad()
     def update_parameters(self, model: nn.Module) -> None:
-        if self._made_for != id(model):
+        if not self._started:
+            self._started = True
             if self.n_averaged == 0:  # the first update copies the model
                 super().update_parameters(model)
                 return
-            self._floats, self._others = ([], []), ([], [])
-            own = chain(self.module.parameters(), self.module.buffers())
-            for mine, theirs in zip(own, chain(model.parameters(), model.buffers())):
-                group = self._floats if mine.is_floating_point() else self._others
-                group[0].append(mine.detach())
-                group[1].append(theirs.detach())
-            self._made_for = id(model)
-        if self._floats[0]:
-            torch._foreach_lerp_(*self._floats, 1 - self.decay)
-        if self._others[0]:
-            own, theirs = self._others
-            mixed = torch._foreach_mul(own, self.decay)
-            torch._foreach_add_(mixed, torch._foreach_mul(theirs, 1 - self.decay))
-            torch._foreach_copy_(own, mixed)
+        floats: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])  # own, model's
+        others: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
+        own = chain(self.module.parameters(), self.module.buffers())
+        for mine, theirs in zip(own, chain(model.parameters(), model.buffers())):
+            group = floats if mine.dtype.is_floating_point else others
+            group[0].append(mine)
+            group[1].append(theirs)
+        if floats[0]:
+            torch._foreach_lerp_(*floats, 1 - self.decay)
+        if others[0]:
+            mixed = torch._foreach_mul(others[0], self.decay)
+            torch._foreach_add_(mixed, torch._foreach_mul(others[1], 1 - self.decay))
+            torch._foreach_copy_(others[0], mixed)
         self.n_averaged += 1
+
+    def load_state_dict(self, *args, **kwargs):
+        self._started = False
+        return super().load_state_dict(*args, **kwargs)
 
 
 @dataclass
