@@ -119,7 +119,9 @@ def _report(failures: dict[int, ProcessFailure]) -> None:
     print the tracebacks the ranks recorded. Expected errors were one line from rank 0.
 
     The engine stops the surviving ranks with SIGTERM once one has failed, so a rank
-    that SIGTERM ended beside one that exited with an error was stopped, not the cause.
+    that SIGTERM ended beside one that exited with an error or another signal was
+    stopped, not the cause (the failures' timestamps are whole seconds, too coarse to
+    tell the order).
     """
     tracebacks = {
         rank: f.error_file_data["message"].get("extraInfo", {}).get("py_callstack", f.message)
@@ -128,12 +130,12 @@ def _report(failures: dict[int, ProcessFailure]) -> None:
     }
     stopped_by_engine = any(f.exitcode > 0 for f in failures.values())
     killed = sorted(
-        (f.timestamp, rank, f)
+        (-f.exitcode == signal.SIGTERM, f.timestamp, rank, f)
         for rank, f in failures.items()
         if f.exitcode < 0 and (-f.exitcode != signal.SIGTERM or not stopped_by_engine)
     )
     if killed:
-        _, rank, failure = killed[0]
+        *_, rank, failure = killed[0]
         error = TrainingError(
             f"rank {rank} was killed by signal {-failure.exitcode} ({failure.signal_name()}), "
             "the kernel's answer to running out of memory among others; the epochs before "
