@@ -5,8 +5,10 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import time
 from collections.abc import Callable
 
+from . import timing
 from .errors import BelugaError, Interrupted
 
 LAUNCHER_PID = "BELUGA_LAUNCHER_PID"  # set in the ranks that `distributed.launch` starts
@@ -16,10 +18,14 @@ def stage(main: Callable[[], None]) -> Callable[[], None]:
     """Run `main`, turning a BelugaError into one line on stderr and its exit code.
 
     Under data parallelism every rank fails alike; each machine's first rank alone prints.
+    A stage that succeeds prints where its wall time went (`beluga.timing`), the ranks'
+    launcher for them.
     """
 
     @functools.wraps(main)
     def wrapper() -> None:
+        start_up = timing.since_process_start()
+        begin = time.perf_counter()
         try:
             main()
         except BelugaError as error:
@@ -36,5 +42,7 @@ def stage(main: Callable[[], None]) -> Callable[[], None]:
 
             ErrorHandler().record_exception(error)
             sys.exit(1)
+        if LAUNCHER_PID not in os.environ:
+            print(timing.summary(start_up, time.perf_counter() - begin))
 
     return wrapper

@@ -13,6 +13,7 @@ from torch import nn
 
 from .loader import DeviceLoader
 from .runtime import Runtime
+from .timing import timed
 
 
 def _flip_views(x: torch.Tensor) -> tuple[list[torch.Tensor], list[float]]:
@@ -57,6 +58,7 @@ def averaged_logits(
     return (logits * logits.new_tensor(weights).view(-1, 1, 1)).sum(0)
 
 
+@timed("test passes")
 @torch.inference_mode()
 def predict(
     model: nn.Module, loader: DeviceLoader, runtime: Runtime, tta: str = "none"

@@ -20,6 +20,7 @@ from .atomic import write_with
 from .batch_norm import BatchNorm
 from .loader import MEAN, STD
 from .model import CELU, ResNet9
+from .timing import timed
 
 OPSET = 18
 
@@ -56,6 +57,7 @@ def plain_network(model: ResNet9) -> nn.Module:
     return network
 
 
+@timed("onnx export")
 def export(model: ResNet9, classes: tuple[str, ...], path: str | Path) -> None:
     """Write `model` as ONNX (dynamic batch size), its class names in the metadata."""
     import onnx

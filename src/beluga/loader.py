@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from .distributed import ONE_PROCESS, Ranks
 from .params import AugmentParams
 from .runtime import Runtime
+from .timing import timed
 
 # Per-channel statistics of the official CIFAR-10 training images.
 MEAN = (0.4914, 0.4822, 0.4465)
@@ -75,6 +76,7 @@ class DeviceLoader:
     rank augments with a generator of its own.
     """
 
+    @timed("data")
     def __init__(
         self,
         images: np.ndarray,

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 
+from .timing import timed
+
 
 class OnnxClassifier:
     """One ONNX Runtime session of the file: its logits and the class names in its metadata."""
@@ -17,6 +19,7 @@ class OnnxClassifier:
         meta = self.session.get_modelmeta().custom_metadata_map
         self.classes: tuple[str, ...] = tuple(json.loads(meta["classes"]))
 
+    @timed("onnx runtime")
     def logits(self, images: np.ndarray, batch: int = 500) -> np.ndarray:
         """Logits of uint8 `images` (N x 32 x 32 x 3), `batch` images a run."""
         return np.concatenate([

@@ -9,6 +9,7 @@ import numpy as np
 
 from ..atomic import write_with
 from ..errors import DataError
+from ..timing import timed
 from .dataset import CLASSES, Cifar, Split
 
 
@@ -57,6 +58,7 @@ def save(path: str | Path, data: Cifar) -> None:
     write_with(path, write)
 
 
+@timed("data")
 def load(path: str | Path) -> Cifar:
     """Read the file `save` wrote."""
     if not Path(path).is_file():
