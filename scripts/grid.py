@@ -118,7 +118,7 @@ def _accuracy(row: dict) -> float:
     return row.get("eval", {}).get("accuracy", -1.0)
 
 
-@cli.stage
+@cli.command
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("grid", type=Path)

@@ -116,6 +116,17 @@ def tool_env() -> dict[str, str]:
     return env
 
 
+def timing_terms(line: str) -> tuple[float, dict[str, float]]:
+    """The total and the parts of a stage's `timing: T s = name A s + ...` line."""
+    total, terms = line.removeprefix("timing: ").split(" s = ")
+    parts = {}
+    for term in terms.split(" + "):
+        name, seconds, unit = term.rsplit(" ", 2)
+        assert unit == "s", line
+        parts[name] = float(seconds)
+    return float(total), parts
+
+
 def sh(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     result = subprocess.run(args, cwd=cwd, env=tool_env(), capture_output=True, text=True)
     if check and result.returncode != 0:

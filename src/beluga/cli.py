@@ -1,11 +1,11 @@
-"""What every stage script shares: expected failures become one line and an exit code."""
+"""What every stage script and command-line tool shares: expected failures become one line and
+an exit code; a stage also says where its wall time went."""
 
 from __future__ import annotations
 
 import functools
 import os
 import sys
-import time
 from collections.abc import Callable
 
 from . import timing
@@ -14,18 +14,15 @@ from .errors import BelugaError, Interrupted
 LAUNCHER_PID = "BELUGA_LAUNCHER_PID"  # set in the ranks that `distributed.launch` starts
 
 
-def stage(main: Callable[[], None]) -> Callable[[], None]:
+def command(main: Callable[[], None]) -> Callable[[], None]:
     """Run `main`, turning a BelugaError into one line on stderr and its exit code.
 
     Under data parallelism every rank fails alike; each machine's first rank alone prints.
-    A stage that succeeds prints where its wall time went (`beluga.timing`), the ranks'
-    launcher for them.
     """
 
     @functools.wraps(main)
     def wrapper() -> None:
-        start_up = timing.since_process_start()
-        begin = time.perf_counter()
+        rank = LAUNCHER_PID in os.environ  # read first: `distributed.launch` sets it for its ranks
         try:
             main()
         except BelugaError as error:
@@ -34,7 +31,7 @@ def stage(main: Callable[[], None]) -> Callable[[], None]:
                 print(f"{label}: {' '.join(str(error).split())}", file=sys.stderr)
             sys.exit(error.exit_code)
         except Exception as error:
-            if LAUNCHER_PID not in os.environ:
+            if not rank:
                 raise
             # A rank's unexpected error goes to the launcher (torch elastic's error file),
             # which prints it, unless another rank's death is what caused it.
@@ -42,7 +39,22 @@ def stage(main: Callable[[], None]) -> Callable[[], None]:
 
             ErrorHandler().record_exception(error)
             sys.exit(1)
-        if LAUNCHER_PID not in os.environ:
-            print(timing.summary(start_up, time.perf_counter() - begin))
+
+    return wrapper
+
+
+def stage(main: Callable[[], None]) -> Callable[[], None]:
+    """A pipeline stage's `command`: when it succeeds it also prints where its wall time
+    went (`beluga.timing`); under data parallelism each machine's launcher prints it, for
+    the whole of its ranks' run."""
+    run = command(main)
+
+    @functools.wraps(main)
+    def wrapper() -> None:
+        rank = LAUNCHER_PID in os.environ
+        begun = timing.begin()
+        run()
+        if not rank:
+            print(timing.summary(begun))
 
     return wrapper

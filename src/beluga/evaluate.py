@@ -58,7 +58,7 @@ def averaged_logits(
     return (logits * logits.new_tensor(weights).view(-1, 1, 1)).sum(0)
 
 
-@timed("test passes")
+@timed("test passes", device_sync=True)
 @torch.inference_mode()
 def predict(
     model: nn.Module, loader: DeviceLoader, runtime: Runtime, tta: str = "none"

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from .cli import stage
+from .cli import command
 from .data.images import decode
 from .errors import DataError, ModelError
 
@@ -121,7 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-@stage
+@command
 def main() -> None:
     args = _parser().parse_args()
     names, images, failed = [], [], False

@@ -37,7 +37,7 @@ import optuna
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .cli import stage
+from .cli import command
 from .errors import ParamsError
 from .params import flat_keys, load_params, parse_params
 
@@ -156,7 +156,7 @@ def storage(url: str) -> optuna.storages.BaseStorage | str:
     return optuna.storages.journal.JournalStorage(backend)
 
 
-@stage
+@command
 def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m beluga.sweep",

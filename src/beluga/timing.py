@@ -12,31 +12,35 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
-import psutil
-
-P = ParamSpec("P")
-R = TypeVar("R")
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 _SPENT: dict[str, float] = {}
+_counted_start_up = False
 
 
-def timed(part: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
-    """Count the decorated function's wall time towards `part` of the stage's timing line
-    (on a GPU up to the end of the work it queued). Timed functions must not call each other."""
+def timed(
+    part: str, *, device_sync: bool = False
+) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
+    """Count the decorated function's wall time towards `part` of the stage's timing line;
+    with `device_sync`, up to the end of the GPU work it queued. Timed functions must not
+    call each other."""
 
-    def decorate(function: Callable[P, R]) -> Callable[P, R]:
+    def decorate(function: Callable[_P, _R]) -> Callable[_P, _R]:
         @functools.wraps(function)
-        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
             start = time.perf_counter()
             try:
-                return function(*args, **kwargs)
-            finally:
+                result = function(*args, **kwargs)
                 torch = sys.modules.get("torch")
-                if torch is not None and torch.cuda.is_initialized():
+                if device_sync and torch is not None and torch.cuda.is_initialized():
                     torch.cuda.synchronize()
+                return result
+            finally:
                 _SPENT[part] = _SPENT.get(part, 0.0) + time.perf_counter() - start
 
         return wrapper
@@ -45,22 +49,43 @@ def timed(part: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
 
 
 def since_process_start() -> float:
-    """Seconds since this process was created: its start-up, when called first thing.
+    """Seconds since this process was created.
 
-    On Linux from /proc, to the 10 ms of the kernel's clock: psutil's creation time there
-    stands on the boot time in whole seconds, up to a second off.
+    On Linux from the kernel's start time of the process, to its 10 ms: psutil's creation
+    time there stands on the boot time in whole seconds, up to a second off.
     """
-    try:
+    if hasattr(time, "CLOCK_BOOTTIME"):
         stat = Path("/proc/self/stat").read_text()
-        uptime = float(Path("/proc/uptime").read_text().split()[0])
-    except OSError:
-        return time.time() - psutil.Process().create_time()
-    ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, starttime, after "pid (comm)"
-    return uptime - ticks / os.sysconf("SC_CLK_TCK")
+        ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, starttime, after "(comm)"
+        return time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+    import psutil
+
+    return time.time() - psutil.Process().create_time()
 
 
-def summary(start_up: float, stage: float) -> str:
-    """`timing: T s = start-up A s + data B s + ... + work C s`, after `stage` s in the stage."""
-    parts = {"start-up": start_up, **_SPENT, "work": stage - sum(_SPENT.values())}
-    terms = " + ".join(f"{name} {seconds:.1f} s" for name, seconds in parts.items())
-    return f"timing: {start_up + stage:.1f} s = {terms}"
+@dataclass(frozen=True)
+class Begun:
+    """A stage's start: its process's start-up (the first stage in a process only), the
+    parts already counted then, and the clock."""
+
+    start_up: float
+    spent: dict[str, float]
+    at: float
+
+
+def begin() -> Begun:
+    """Call first thing in a stage; `summary` of the result when it ends."""
+    global _counted_start_up
+    start_up = 0.0 if _counted_start_up else since_process_start()
+    _counted_start_up = True
+    return Begun(start_up, dict(_SPENT), time.perf_counter())
+
+
+def summary(begun: Begun) -> str:
+    """`timing: T s = start-up A s + data B s + ... + work C s` since `begun`."""
+    stage = time.perf_counter() - begun.at
+    parts = {name: seconds - begun.spent.get(name, 0.0) for name, seconds in _SPENT.items()}
+    parts = {name: seconds for name, seconds in parts.items() if seconds > 0}
+    terms = {"start-up": begun.start_up, **parts, "work": stage - sum(parts.values())}
+    shown = " + ".join(f"{name} {seconds:.1f} s" for name, seconds in terms.items())
+    return f"timing: {begun.start_up + stage:.1f} s = {shown}"
