@@ -9,7 +9,8 @@ import yaml
 
 from beluga import data
 from beluga.data import Cifar, Split
-from beluga.params import ParamsError, load_params, parse_params
+from beluga.params import ParamsError, RuntimeParams, load_params, parse_params
+from beluga.runtime import resolve
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -39,6 +40,7 @@ def test_project_params_file_is_valid():
         ({"train": {"pct_start": 1.0}}, "train.pct_start: Input should be less than 1"),
         ({"augment": {"cutout_size": 33}}, "augment.cutout_size: Input should be less than or"),
         ({"runtime": {"precision": "fp8"}}, "runtime.precision: Input should be 'auto', 'fp32'"),
+        ({"runtime": {"channels_last": 1}}, "runtime.channels_last: should be true, false or auto"),
         ({"lr_find": {"start_lr": 1, "end_lr": 0.5}}, "lr_find: end_lr must be greater"),
         ({"data": {"md5": "xyz"}}, "data.md5: String should match pattern"),
         ({"colour": 1}, "colour: unknown key"),
@@ -107,6 +109,17 @@ def test_cuda_without_a_gpu_is_one_line_from_any_stage(tmp_path: Path):
     assert result.stderr.strip() == (
         "error: params.yaml: runtime.device: cuda, but no GPU is visible; use auto or cpu"
     )
+
+
+def test_channels_last_auto_is_channels_last_on_a_cpu_and_nchw_on_a_gpu(monkeypatch):
+    assert resolve(
+        RuntimeParams(device="cpu", precision="fp32", channels_last="auto")
+    ).channels_last
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    gpu = resolve(RuntimeParams(device="cuda", precision="fp32", channels_last="auto"))
+    assert gpu.device.type == "cuda" and gpu.channels_last is False
+    assert resolve(RuntimeParams(device="cuda", precision="fp32", channels_last=True)).channels_last
 
 
 @pytest.mark.parametrize(

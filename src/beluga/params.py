@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ParamsError
 
@@ -145,7 +145,14 @@ class RuntimeParams(_Section):
 
     device: Literal["auto", "cpu", "cuda"]
     precision: Literal["auto", "fp32", "bf16", "fp16"]
-    channels_last: bool
+    channels_last: bool | Literal["auto"]
+
+    @field_validator("channels_last", mode="before")
+    @classmethod
+    def _layout(cls, value: object) -> object:
+        if value is True or value is False or value == "auto":
+            return value
+        raise ValueError("should be true, false or auto")
 
 
 class AugmentParams(_Section):
