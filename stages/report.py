@@ -5,16 +5,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torchinfo
 import yaml
 
 from beluga import data, figures, report_page
 from beluga.atomic import write_json, write_text
 from beluga.cli import stage
 from beluga.confusion import confusion_counts, per_class_accuracy, worst_mistakes
-from beluga.model import load_model
 from beluga.params import load_params
-from beluga.receptive_field import layer_table
 
 
 @stage
@@ -43,13 +40,8 @@ def main() -> None:
         paths.misclassified_plot,
     )  # fmt: skip
 
-    model, _ = load_model(paths.model)
-    summary = torchinfo.summary(
-        model, input_size=(1, 3, 32, 32), depth=4, verbose=0,
-        col_names=("output_size", "num_params"),
-    )  # fmt: skip
-    write_text(paths.model_summary, f"{summary}\n")
-    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    layers = pd.read_csv(paths.layers, dtype={"output_shape": str})
+    trained = int(layers.pop("trained_parameters").sum())
 
     page = Path(paths.report)
     metrics = report_page.read_metrics([
@@ -59,7 +51,7 @@ def main() -> None:
     text = report_page.render(
         page, paths=paths, params=yaml.safe_load(Path("params.yaml").read_text()),
         max_lr_set=params.train.max_lr is not None, baseline=report_page.baseline(),
-        metrics=metrics, layers=layer_table(model, summary), model_config=model.config,
+        metrics=metrics, layers=layers, model_config=params.model.model_dump(),
         trained_parameters=trained,
         report_seconds=time.perf_counter() - start,
     )  # fmt: skip

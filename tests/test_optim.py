@@ -1,9 +1,13 @@
 """OneCycleLR cycles momentum as params.yaml says; the range test starts where training does."""
 
+import copy
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
 from conftest import CPU, DEFAULTS
+from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from beluga import lr_find
@@ -92,6 +96,60 @@ def test_ema_every_k_steps_averages_those_steps_at_the_decay_to_the_power_k():
     expected = 0.25 * weights[1] + 0.75 * weights[3]
     torch.testing.assert_close(opt.ema.module.head[2].weight, expected)
     assert not torch.allclose(expected, weights[4])
+
+
+def _lookahead_run(steps: int, resume_after: int | None = None) -> tuple[list, nn.Module]:
+    """Weights after each of `steps` steps (7 in all) with lookahead 0.5 every 3 steps."""
+    changes = {"epochs": 1, "ema_decay": None, "lookahead_decay": 0.5, "lookahead_every": 3}
+    train = DEFAULTS.train.model_copy(update=changes)
+    torch.manual_seed(0)
+    model = ResNet9()
+    build = partial(one_cycle, optimizer=DEFAULTS.optimizer, train=train, max_lr=0.1,
+                    steps_per_epoch=7, runtime=CPU)  # fmt: skip
+    opt = build(model)
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    weights = []
+    for step in range(steps):
+        if step == resume_after:  # a new process: a fresh model and optimizer, loaded
+            state, saved = copy.deepcopy(opt.state_dict()), copy.deepcopy(model.state_dict())
+            model = ResNet9()
+            model.load_state_dict(saved)
+            opt = build(model)
+            opt.load_state_dict(state)
+        opt.step(opt.criterion(model(x), y), model)
+        weights.append(model.head[2].weight.detach().clone())
+    return weights, model
+
+
+def test_lookahead_pulls_the_weights_to_the_slow_copy_on_its_schedule_and_ends_on_it():
+    weights, model = _lookahead_run(7)
+    # the reference: the same steps without lookahead, from the same weights after each sync
+    train = DEFAULTS.train.model_copy(update={"epochs": 1, "ema_decay": None})
+    torch.manual_seed(0)
+    plain = ResNet9()
+    opt = one_cycle(plain, optimizer=DEFAULTS.optimizer, train=train, max_lr=0.1,
+                    steps_per_epoch=7, runtime=CPU)  # fmt: skip
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    slow = [t.detach().clone() for t in plain.parameters()]
+    for step in range(1, 8):
+        opt.step(opt.criterion(plain(x), y), plain)
+        if step in (3, 6, 7):
+            d = 1.0 if step == 7 else 0.5**3 * (step / 7) ** 3
+            with torch.no_grad():
+                for s, fast in zip(slow, plain.parameters()):
+                    s.lerp_(fast, 1 - d)
+                    fast.copy_(s)
+        torch.testing.assert_close(weights[step - 1], plain.head[2].weight)
+    assert not torch.equal(weights[2], weights[1])
+    for s, fast in zip(slow, model.parameters()):
+        torch.testing.assert_close(fast, s)
+
+
+def test_lookahead_resumes_from_its_saved_slow_copy_as_if_never_stopped():
+    uninterrupted, _ = _lookahead_run(7)
+    resumed, _ = _lookahead_run(7, resume_after=4)
+    for a, b in zip(uninterrupted, resumed):
+        assert torch.equal(a, b)
 
 
 def test_weight_average_equals_averaged_model_bit_for_bit_also_after_a_resume():

@@ -59,6 +59,7 @@ def test_project_params_file_is_valid():
             "base_momentum 0.99 must not exceed optimizer.momentum",
         ),
         ({"model": {"ghost_bn_splits": 0}}, "model.ghost_bn_splits: Input should be greater"),
+        ({"train": {"lookahead_decay": 1}}, "train.lookahead_decay: Input should be less than 1"),
         ({"lr_find": {"divide_by": 0.5}}, "lr_find.divide_by: Input should be greater than or"),
         (
             {"train": {"sync_bn": True, "nproc": 2}},

@@ -13,6 +13,7 @@ OUTPUTS = [
     "plots/lr_find.csv", "plots/history.csv", "plots/confusion.csv",
     "plots/lr_find.png", "plots/accuracy_curve.png", "plots/misclassified.png",
     "plots/per_class_accuracy.png", "plots/confusion_matrix.png", "plots/model_summary.txt",
+    "plots/layers.csv",
     "plots/report.md",
 ]  # fmt: skip
 

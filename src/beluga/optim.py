@@ -76,6 +76,39 @@ class WeightAverage(AveragedModel):
         return super().load_state_dict(*args, **kwargs)
 
 
+def _float_tensors(model: nn.Module) -> list[torch.Tensor]:
+    return [t for t in chain(model.parameters(), model.buffers()) if t.is_floating_point()]
+
+
+class Lookahead:
+    """Keller Jordan's lookahead from airbench: a slow copy of the weights (and batch-norm
+    statistics) that, every `every` steps, moves toward the trained ones by 1 - d and then
+    replaces them, with d = decay ** every * progress ** 3 (none early in the run, most at
+    its end); after the last step the weights become the slow copy."""
+
+    def __init__(self, model: nn.Module, decay: float, every: int, total_steps: int) -> None:
+        self.decay, self.every, self.total_steps = decay, every, total_steps
+        self.slow = [t.detach().clone() for t in _float_tensors(model)]
+
+    def due(self, step: int) -> bool:
+        return step % self.every == 0 or step == self.total_steps
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        """After optimizer step `step` (1 to total_steps)."""
+        progress = step / self.total_steps
+        d = 1.0 if step == self.total_steps else self.decay**self.every * progress**3
+        fast = _float_tensors(model)
+        torch._foreach_lerp_(self.slow, fast, 1 - d)
+        torch._foreach_copy_(fast, self.slow)
+
+    def state_dict(self) -> dict:
+        return {"slow": self.slow}
+
+    def load_state_dict(self, state: dict) -> None:
+        torch._foreach_copy_(self.slow, state["slow"])
+
+
 @dataclass
 class Optimization:
     """Everything one training step needs besides the model and the batch.
@@ -84,7 +117,8 @@ class Optimization:
     weights (and batch-norm statistics), updated after every `ema_every`-th step
     (with the decay raised to that power, as David Page does, so that a GPU does
     not spend a pass over every weight after each step); it is the model that is
-    tested and saved.
+    tested and saved. `lookahead`, when asked for, pulls the weights back toward
+    their slow copy before the average sees them.
     """
 
     optimizer: torch.optim.Optimizer
@@ -93,6 +127,7 @@ class Optimization:
     criterion: nn.Module
     ema: AveragedModel | None = None
     ema_every: int = 1
+    lookahead: Lookahead | None = None
 
     def step(self, loss: torch.Tensor, model: nn.Module) -> None:
         """Backward, optimizer, schedule and average: one training step after the forward pass."""
@@ -101,7 +136,10 @@ class Optimization:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        if self.ema is not None and self.scheduler.last_epoch % self.ema_every == 0:
+        step = self.scheduler.last_epoch
+        if self.lookahead is not None and self.lookahead.due(step):
+            self.lookahead.update(model, step)
+        if self.ema is not None and step % self.ema_every == 0:
             self.ema.update_parameters(model)
 
     def kept(self, model: nn.Module) -> nn.Module:
@@ -114,6 +152,7 @@ class Optimization:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "ema": None if self.ema is None else self.ema.state_dict(),
+            "lookahead": None if self.lookahead is None else self.lookahead.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -122,6 +161,8 @@ class Optimization:
         self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
+        if self.lookahead is not None:
+            self.lookahead.load_state_dict(state["lookahead"])
 
 
 def one_cycle(
@@ -157,5 +198,10 @@ def one_cycle(
     if train.ema_decay is not None:
         decay = train.ema_decay**train.ema_every
         ema = WeightAverage(model, decay)
+    lookahead = None
+    if train.lookahead_decay is not None:
+        lookahead = Lookahead(model, train.lookahead_decay, train.lookahead_every,
+                              train.epochs * steps_per_epoch)  # fmt: skip
     return Optimization(opt, scheduler, runtime.grad_scaler(),
-                        make_criterion(train.label_smoothing), ema, train.ema_every)  # fmt: skip
+                        make_criterion(train.label_smoothing), ema, train.ema_every,
+                        lookahead)  # fmt: skip

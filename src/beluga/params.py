@@ -46,6 +46,7 @@ class PathsParams(_Section):
     confusion_plot: str
     misclassified_plot: str
     model_summary: str
+    layers: str
     report: str
 
 
@@ -112,6 +113,8 @@ class TrainParams(_Section):
     label_smoothing: float = Field(ge=0, lt=1)
     ema_decay: float | None = Field(gt=0, lt=1)
     ema_every: int = Field(ge=1, description="steps between weight-average updates")
+    lookahead_decay: float | None = Field(gt=0, lt=1)
+    lookahead_every: int = Field(ge=1, description="steps between lookahead updates")
     compile: bool
     nproc: int = Field(ge=1, description="processes for data-parallel training (torchrun)")
     sync_bn: bool

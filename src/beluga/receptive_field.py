@@ -24,7 +24,8 @@ def _pair(value: int | tuple[int, ...]) -> int:
 
 
 def layer_table(model: nn.Module, stats: ModelStatistics) -> pd.DataFrame:
-    """One row per leaf layer: name, type, output shape, parameters, receptive field, jump.
+    """One row per leaf layer: name, type, output shape, parameters (all, and those
+    trained), receptive field, jump.
 
     `stats` is `torchinfo.summary` of `model` on one image (the report prints it too).
     """
@@ -50,6 +51,7 @@ def layer_table(model: nn.Module, stats: ModelStatistics) -> pd.DataFrame:
                 "type": layer.class_name,
                 "output_shape": "x".join(str(n) for n in layer.output_size[1:]),
                 "parameters": layer.num_params,
+                "trained_parameters": layer.trainable_params,
                 "receptive_field": field,
                 "jump": jump,
             }

@@ -8,6 +8,7 @@ import posixpath
 import re
 import warnings
 from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -105,14 +106,16 @@ def _decode_all(items: list[tuple[str, bytes]]) -> tuple[np.ndarray, list[str]]:
     """`_decode_chunk` over all `items`, in order, spread over the CPU's cores.
 
     Decoding 60,000 small JPEGs is pure Python and Pillow work, so processes (not
-    threads) share it; the first bad file in order still gives the error.
+    threads) share it; the first bad file in order still gives the error. The
+    workers come from a fork server, not a fork of this process, which already
+    holds the whole archive in memory (about 1 s less on 2 cores).
     """
     chunks = [items[i : i + DECODE_CHUNK] for i in range(0, len(items), DECODE_CHUNK)]
     workers = min(len(chunks), os.cpu_count() or 1)
     if workers <= 1:
         results = [_decode_chunk(chunk) for chunk in chunks]
     else:
-        with ProcessPoolExecutor(workers) as pool:
+        with ProcessPoolExecutor(workers, mp_context=get_context("forkserver")) as pool:
             results = list(pool.map(_decode_chunk, chunks))
     return np.concatenate([images for images, _ in results]), [
         name for _, names in results for name in names
@@ -121,8 +124,8 @@ def _decode_all(items: list[tuple[str, bytes]]) -> tuple[np.ndarray, list[str]]:
 
 def from_class_folders(files: dict[str, bytes], where: Path) -> Cifar:
     found = _class_files(files, where)
-    splits = {}
-    converted: list[str] = []
+    names: dict[str, list[str]] = {}
+    labels: dict[str, list[int]] = {}
     for split in ("train", "test"):
         folders = {cls for (s, cls) in found if s == split}
         unknown = sorted(folders - set(CLASSES))
@@ -131,17 +134,22 @@ def from_class_folders(files: dict[str, bytes], where: Path) -> Cifar:
                 f"{where}: {split}/{unknown[0]} is not a CIFAR-10 class "
                 f"(expected {', '.join(CLASSES)})"
             )
-        names, labels = [], []
+        names[split], labels[split] = [], []
         for label, cls in enumerate(CLASSES):
             in_class = sorted(found.get((split, cls), []))
             if not in_class:
                 raise DataError(f"{where}: class folder {split}/{cls} is missing or empty")
-            names += in_class
-            labels += [label] * len(in_class)
-        images, non_rgb = _decode_all([(name, files[name]) for name in names])
-        converted += non_rgb
-        splits[split] = Split(images, np.asarray(labels, dtype=np.int64))
+            names[split] += in_class
+            labels[split] += [label] * len(in_class)
+    # one pool for both splits: starting its workers is a good part of the stage's time
+    images, converted = _decode_all(
+        [(name, files[name]) for name in names["train"] + names["test"]]
+    )
+    n_train = len(names["train"])
     if converted:
         print(f"{where}: converted {len(converted)} non-RGB images (greyscale, RGBA, palette) "
               f"to RGB, e.g. {converted[0]}")  # fmt: skip
-    return Cifar(splits["train"], splits["test"])
+    return Cifar(
+        Split(images[:n_train], np.asarray(labels["train"], dtype=np.int64)),
+        Split(images[n_train:], np.asarray(labels["test"], dtype=np.int64)),
+    )
