@@ -2,6 +2,7 @@
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -128,3 +129,16 @@ def test_changed_params_rerun_only_downstream_stages(reproduced_copy: Path):
            if f"Running stage '{s}'" in result.stdout]  # fmt: skip
     assert ran == ["evaluate", "report"] or ran == ["evaluate"]
     assert _json(project, "metrics/eval.json")["tta"] == "none"
+
+
+def test_report_stage_runs_without_torch(reproduced_copy: Path):
+    """The export stage writes the layer table, so the report's process never loads PyTorch."""
+    project = reproduced_copy
+    layers = pd.read_csv(project / "plots/layers.csv")
+    assert (layers.parameters.sum(), layers.trained_parameters.sum()) == (6_573_859, 6_570_890)
+    (project / "plots/report.md").unlink()
+    result = sh(sys.executable, "-X", "importtime", "stages/report.py", cwd=project)
+    assert not [line for line in result.stderr.splitlines() if line.endswith(" torch")]
+    page = (project / "plots/report.md").read_text()
+    assert "6,573,859 parameters, 6,570,890 of them trained" in page
+    assert "| prep.1 " in page and "64x32x32" in page
