@@ -98,14 +98,16 @@ def test_ema_every_k_steps_averages_those_steps_at_the_decay_to_the_power_k():
     assert not torch.allclose(expected, weights[4])
 
 
-def _lookahead_run(steps: int, resume_after: int | None = None) -> tuple[list, nn.Module]:
-    """Weights after each of `steps` steps (7 in all) with lookahead 0.5 every 3 steps."""
+def _lookahead_run(
+    steps: int, resume_after: int | None = None, total: int = 7
+) -> tuple[list, nn.Module]:
+    """Weights after each of `steps` steps (of `total`) with lookahead 0.5 every 3 steps."""
     changes = {"epochs": 1, "ema_decay": None, "lookahead_decay": 0.5, "lookahead_every": 3}
     train = DEFAULTS.train.model_copy(update=changes)
     torch.manual_seed(0)
     model = ResNet9()
     build = partial(one_cycle, optimizer=DEFAULTS.optimizer, train=train, max_lr=0.1,
-                    steps_per_epoch=7, runtime=CPU)  # fmt: skip
+                    steps_per_epoch=total, runtime=CPU)  # fmt: skip
     opt = build(model)
     x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
     weights = []
@@ -121,23 +123,25 @@ def _lookahead_run(steps: int, resume_after: int | None = None) -> tuple[list, n
     return weights, model
 
 
-def test_lookahead_pulls_the_weights_to_the_slow_copy_on_its_schedule_and_ends_on_it():
-    weights, model = _lookahead_run(7)
-    # the reference: the same steps without lookahead, from the same weights after each sync
+@pytest.mark.parametrize("total", [7, 6])  # the last step off and on the 3-step schedule
+def test_lookahead_pulls_the_weights_to_the_slow_copy_on_its_schedule_and_ends_on_it(total):
+    weights, model = _lookahead_run(total, total=total)
+    # the reference, airbench's loop: the same steps without lookahead, a pull every 3 steps
+    # at 0.5 ** 3 * progress ** 3, and after the last step the weights set to the slow copy
     train = DEFAULTS.train.model_copy(update={"epochs": 1, "ema_decay": None})
     torch.manual_seed(0)
     plain = ResNet9()
     opt = one_cycle(plain, optimizer=DEFAULTS.optimizer, train=train, max_lr=0.1,
-                    steps_per_epoch=7, runtime=CPU)  # fmt: skip
+                    steps_per_epoch=total, runtime=CPU)  # fmt: skip
     x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
     slow = [t.detach().clone() for t in plain.parameters()]
-    for step in range(1, 8):
+    for step in range(1, total + 1):
         opt.step(opt.criterion(plain(x), y), plain)
-        if step in (3, 6, 7):
-            d = 1.0 if step == 7 else 0.5**3 * (step / 7) ** 3
-            with torch.no_grad():
-                for s, fast in zip(slow, plain.parameters()):
-                    s.lerp_(fast, 1 - d)
+        with torch.no_grad():
+            for s, fast in zip(slow, plain.parameters()):
+                if step % 3 == 0:
+                    s.lerp_(fast, 1 - 0.5**3 * (step / total) ** 3)
+                if step % 3 == 0 or step == total:
                     fast.copy_(s)
         torch.testing.assert_close(weights[step - 1], plain.head[2].weight)
     assert not torch.equal(weights[2], weights[1])

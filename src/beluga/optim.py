@@ -84,7 +84,7 @@ class Lookahead:
     """Keller Jordan's lookahead from airbench: a slow copy of the weights (and batch-norm
     statistics) that, every `every` steps, moves toward the trained ones by 1 - d and then
     replaces them, with d = decay ** every * progress ** 3 (none early in the run, most at
-    its end); after the last step the weights become the slow copy."""
+    its end); after the last step the weights become the slow copy, as in airbench."""
 
     def __init__(self, model: nn.Module, decay: float, every: int, total_steps: int) -> None:
         self.decay, self.every, self.total_steps = decay, every, total_steps
@@ -96,10 +96,10 @@ class Lookahead:
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
         """After optimizer step `step` (1 to total_steps)."""
-        progress = step / self.total_steps
-        d = 1.0 if step == self.total_steps else self.decay**self.every * progress**3
         fast = _float_tensors(model)
-        torch._foreach_lerp_(self.slow, fast, 1 - d)
+        if step % self.every == 0:
+            d = self.decay**self.every * (step / self.total_steps) ** 3
+            torch._foreach_lerp_(self.slow, fast, 1 - d)
         torch._foreach_copy_(fast, self.slow)
 
     def state_dict(self) -> dict:
