@@ -27,7 +27,7 @@ def layer_table(model: nn.Module, stats: ModelStatistics) -> pd.DataFrame:
     """One row per leaf layer: name, type, output shape, parameters (all, and those
     trained), receptive field, jump.
 
-    `stats` is `torchinfo.summary` of `model` on one image (the report prints it too).
+    `stats` is `torchinfo.summary` of `model` on one image (the export stage writes it too).
     """
     names = {id(module): name for name, module in model.named_modules()}
     field, jump, rows = 1, 1, []
