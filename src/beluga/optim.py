@@ -90,14 +90,14 @@ class Lookahead:
         self.decay, self.every, self.total_steps = decay, every, total_steps
         self.slow = [t.detach().clone() for t in _float_tensors(model)]
 
-    def due(self, step: int) -> bool:
-        return step % self.every == 0 or step == self.total_steps
-
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
-        """After optimizer step `step` (1 to total_steps)."""
+        """After optimizer step `step` (1 to total_steps); a no-op between updates."""
+        on_schedule = step % self.every == 0
+        if not on_schedule and step != self.total_steps:
+            return
         fast = _float_tensors(model)
-        if step % self.every == 0:
+        if on_schedule:
             d = self.decay**self.every * (step / self.total_steps) ** 3
             torch._foreach_lerp_(self.slow, fast, 1 - d)
         torch._foreach_copy_(fast, self.slow)
@@ -137,7 +137,7 @@ class Optimization:
         self.scaler.update()
         self.scheduler.step()
         step = self.scheduler.last_epoch
-        if self.lookahead is not None and self.lookahead.due(step):
+        if self.lookahead is not None:
             self.lookahead.update(model, step)
         if self.ema is not None and step % self.ema_every == 0:
             self.ema.update_parameters(model)
