@@ -57,6 +57,16 @@ def plain_network(model: ResNet9) -> nn.Module:
     return network
 
 
+def _drop_stack_traces(proto) -> None:
+    """Remove the exporter's per-node stack traces: they name this checkout's absolute paths
+    and line numbers, so the same weights would give a different file (and DVC hash) in
+    every clone and after every edit to the model's code."""
+    for node in proto.graph.node:
+        kept = [p for p in node.metadata_props if p.key != "pkg.torch.onnx.stack_trace"]
+        del node.metadata_props[:]
+        node.metadata_props.extend(kept)
+
+
 @timed("onnx export")
 def export(model: ResNet9, classes: tuple[str, ...], path: str | Path) -> None:
     """Write `model` as ONNX (dynamic batch size), its class names in the metadata."""
@@ -69,5 +79,6 @@ def export(model: ResNet9, classes: tuple[str, ...], path: str | Path) -> None:
         opset_version=OPSET, dynamo=True, verbose=False,
     )  # fmt: skip
     proto = program.model_proto
+    _drop_stack_traces(proto)
     proto.metadata_props.add(key="classes", value=json.dumps(list(classes)))
     write_with(path, lambda tmp: onnx.save(proto, tmp))
