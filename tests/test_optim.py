@@ -149,6 +149,21 @@ def test_lookahead_pulls_the_weights_to_the_slow_copy_on_its_schedule_and_ends_o
         torch.testing.assert_close(fast, s)
 
 
+def test_lookahead_in_a_run_shorter_than_its_period_keeps_the_trained_weights():
+    weights, _ = _lookahead_run(2, total=2)  # pulls every 3 steps: none in 2
+    train = DEFAULTS.train.model_copy(update={"epochs": 1, "ema_decay": None})
+    torch.manual_seed(0)
+    plain = ResNet9()
+    initial = plain.head[2].weight.detach().clone()
+    opt = one_cycle(plain, optimizer=DEFAULTS.optimizer, train=train, max_lr=0.1,
+                    steps_per_epoch=2, runtime=CPU)  # fmt: skip
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    for _ in range(2):
+        opt.step(opt.criterion(plain(x), y), plain)
+    torch.testing.assert_close(weights[-1], plain.head[2].weight)
+    assert not torch.equal(weights[-1], initial)
+
+
 def test_lookahead_resumes_from_its_saved_slow_copy_as_if_never_stopped():
     uninterrupted, _ = _lookahead_run(7)
     resumed, _ = _lookahead_run(7, resume_after=4)

@@ -84,7 +84,8 @@ class Lookahead:
     """Keller Jordan's lookahead from airbench: a slow copy of the weights (and batch-norm
     statistics) that, every `every` steps, moves toward the trained ones by 1 - d and then
     replaces them, with d = decay ** every * progress ** 3 (none early in the run, most at
-    its end); after the last step the weights become the slow copy, as in airbench."""
+    its end); after the last step the weights become the slow copy, as in airbench, unless
+    the run was shorter than `every` steps and the slow copy never moved."""
 
     def __init__(self, model: nn.Module, decay: float, every: int, total_steps: int) -> None:
         self.decay, self.every, self.total_steps = decay, every, total_steps
@@ -94,7 +95,8 @@ class Lookahead:
     def update(self, model: nn.Module, step: int) -> None:
         """After optimizer step `step` (1 to total_steps); a no-op between updates."""
         on_schedule = step % self.every == 0
-        if not on_schedule and step != self.total_steps:
+        last = step == self.total_steps and step >= self.every
+        if not (on_schedule or last):
             return
         fast = _float_tensors(model)
         if on_schedule:
